@@ -159,7 +159,10 @@ impl Scope {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         {
-            return Err(invalid("scope", "must be letters, digits, '_', '.' and '-'"));
+            return Err(invalid(
+                "scope",
+                "must be letters, digits, '_', '.' and '-'",
+            ));
         }
         Ok(Self(s.to_ascii_lowercase()))
     }
@@ -192,6 +195,134 @@ impl fmt::Debug for Scope {
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A REST base URL as Bitrix24 sends it: `client_endpoint`
+/// (`https://<portal>/rest/`) or `server_endpoint`
+/// (`https://oauth.bitrix.info/rest/`). Always taken from the payload, never
+/// hard-coded: two OAuth hosts exist (protocol §1, §12.11). Stored with a
+/// trailing `/` so that `format!("{endpoint}{method}")` is the call URL.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint(String);
+
+impl Endpoint {
+    /// Accepts an `http://` or `https://` URL with a host and no whitespace,
+    /// query or fragment; plain `http` is allowed because on-premise portals
+    /// and the emulator use it (protocol §10, §12.12).
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        const KIND: &str = "endpoint";
+        if s.is_empty() || s.len() > 2048 {
+            return Err(invalid(KIND, "must be 1 to 2048 characters"));
+        }
+        let rest = if let Some(r) = s.strip_prefix("https://") {
+            r
+        } else if let Some(r) = s.strip_prefix("http://") {
+            r
+        } else {
+            return Err(invalid(KIND, "must start with http:// or https://"));
+        };
+        if !s.bytes().all(|b| b.is_ascii_graphic()) || s.contains(['?', '#']) {
+            return Err(invalid(
+                KIND,
+                "must be a URL without spaces, query or fragment",
+            ));
+        }
+        let host = rest.split('/').next().unwrap_or_default();
+        if host.is_empty() || PortalDomain::parse(host).is_err() {
+            return Err(invalid(KIND, "must have a valid host"));
+        }
+        let mut url = s.to_owned();
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        Ok(Self(url))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The host (with port, if any) of the URL, lower-cased.
+    pub fn host(&self) -> String {
+        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
+        rest.split('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({})", self.0)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The app's status letter on a portal (`auth[status]`, `status`, the
+/// payment event's `STATUS`; protocol §2.3). Informational only: the trusted
+/// value comes from `app.info` (§3.5), which is why an unknown letter is kept
+/// as `Other` instead of rejecting a delivery that is never retried (§2.6).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AppStatus {
+    /// `L`: a local app.
+    Local,
+    /// `F`: free.
+    Free,
+    /// `D`: demo.
+    Demo,
+    /// `T`: trial.
+    Trial,
+    /// `P`: paid.
+    Paid,
+    /// `S`: subscription (SDKs and module source know it; docs barely do).
+    Subscription,
+    /// Any other short code, upper-cased.
+    Other(String),
+}
+
+impl AppStatus {
+    /// Parses a status code, case-insensitively. Accepts 1 to 8 ASCII
+    /// letters; anything else is not a status.
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(invalid("app status", "must be 1 to 8 letters"));
+        }
+        let up = s.to_ascii_uppercase();
+        Ok(match up.as_str() {
+            "L" => Self::Local,
+            "F" => Self::Free,
+            "D" => Self::Demo,
+            "T" => Self::Trial,
+            "P" => Self::Paid,
+            "S" => Self::Subscription,
+            _ => Self::Other(up),
+        })
+    }
+
+    /// The wire spelling (`L`, `F`, …).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Local => "L",
+            Self::Free => "F",
+            Self::Demo => "D",
+            Self::Trial => "T",
+            Self::Paid => "P",
+            Self::Subscription => "S",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for AppStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -274,7 +405,9 @@ mod tests {
     #[test]
     fn domain_accepts_host_and_port_only() {
         assert_eq!(
-            PortalDomain::parse("Example.Bitrix24.com").unwrap().as_str(),
+            PortalDomain::parse("Example.Bitrix24.com")
+                .unwrap()
+                .as_str(),
             "example.bitrix24.com"
         );
         let d = PortalDomain::parse("acme.localhost:8443").unwrap();
@@ -295,7 +428,10 @@ mod tests {
 
     #[test]
     fn event_name_is_uppercased() {
-        assert_eq!(EventName::parse("onCrmDealAdd").unwrap().as_str(), "ONCRMDEALADD");
+        assert_eq!(
+            EventName::parse("onCrmDealAdd").unwrap().as_str(),
+            "ONCRMDEALADD"
+        );
         assert!(EventName::parse("ON CRM").is_err());
     }
 
@@ -305,6 +441,33 @@ mod tests {
         let names: Vec<_> = s.iter().map(Scope::as_str).collect();
         assert_eq!(names, ["crm", "placement", "user_brief"]);
         assert!(Scope::parse_list("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn endpoint_requires_http_url_and_adds_slash() {
+        let e = Endpoint::parse("https://Example.bitrix24.com/rest").unwrap();
+        assert_eq!(e.as_str(), "https://Example.bitrix24.com/rest/");
+        assert_eq!(e.host(), "example.bitrix24.com");
+        assert!(Endpoint::parse("http://acme.localhost:8443/rest/").is_ok());
+        for bad in [
+            "",
+            "ftp://x.com/",
+            "https://",
+            "https:///rest/",
+            "https://x.com/a b",
+            "https://x.com/?a=1",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn app_status_letters() {
+        assert_eq!(AppStatus::parse("l").unwrap(), AppStatus::Local);
+        assert_eq!(AppStatus::parse("S").unwrap(), AppStatus::Subscription);
+        assert_eq!(AppStatus::parse("x").unwrap(), AppStatus::Other("X".into()));
+        assert!(AppStatus::parse("").is_err());
+        assert!(AppStatus::parse("1").is_err());
     }
 
     #[test]
