@@ -1,0 +1,190 @@
+-- b24gate schema, PostgreSQL dialect. Timestamps are Unix milliseconds (BIGINT),
+-- JSON is TEXT, secrets are AEAD ciphertexts (BYTEA) or keyed hashes (BYTEA).
+-- Keep in step with ../sqlite/0001_init.sql: the conformance suite runs the
+-- same tests against both.
+
+-- One row per portal (member_id is the stable key across renames and reinstalls).
+CREATE TABLE portals (
+    member_id          TEXT PRIMARY KEY NOT NULL,
+    domain             TEXT NOT NULL,
+    client_endpoint    TEXT NOT NULL,
+    server_endpoint    TEXT NOT NULL,
+    status             TEXT NOT NULL,
+    status_reason      TEXT,
+    status_changed_at  BIGINT NOT NULL,
+    generation         BIGINT NOT NULL DEFAULT 1,
+    installed_version  BIGINT,
+    install_flow       TEXT,
+    app_status         TEXT,
+    scopes             TEXT NOT NULL DEFAULT '',
+    profile            TEXT NOT NULL DEFAULT '{}',
+    plan               TEXT NOT NULL DEFAULT 'standard',
+    license            TEXT,
+    language           TEXT,
+    app_token_hash     BYTEA,
+    install_started_at BIGINT,
+    installed_at       BIGINT,
+    uninstalled_at     BIGINT,
+    purge_after        BIGINT,
+    created_at         BIGINT NOT NULL,
+    updated_at         BIGINT NOT NULL
+);
+CREATE INDEX portals_status ON portals (status);
+
+-- OAuth credentials of the portal's installing admin. Tokens are sealed with
+-- the master key; `version` increments on every rotation (compare-and-swap),
+-- `lock_owner`/`lock_until` make a refresh single-flight across processes.
+CREATE TABLE credentials (
+    member_id      TEXT PRIMARY KEY NOT NULL REFERENCES portals (member_id) ON DELETE CASCADE,
+    user_id        BIGINT,
+    access_token   BYTEA NOT NULL,
+    refresh_token  BYTEA NOT NULL,
+    expires_at     BIGINT NOT NULL,
+    scope          TEXT NOT NULL DEFAULT '',
+    version        BIGINT NOT NULL DEFAULT 1,
+    refreshed_at   BIGINT,
+    lock_owner     TEXT,
+    lock_until     BIGINT,
+    updated_at     BIGINT NOT NULL
+);
+
+-- Expected (from the manifest) and actual (from event.get / placement.get)
+-- bindings in one table: the binding matrix is a read of it.
+CREATE TABLE bindings (
+    member_id       TEXT NOT NULL REFERENCES portals (member_id) ON DELETE CASCADE,
+    kind            TEXT NOT NULL,          -- 'event' | 'placement'
+    name            TEXT NOT NULL,          -- event code or placement code
+    mode            TEXT NOT NULL,          -- 'online' | 'offline' ('online' for placements)
+    handler         TEXT NOT NULL,          -- '' for offline events
+    connector       TEXT NOT NULL DEFAULT '',
+    auth_type       BIGINT NOT NULL DEFAULT 0,
+    owner           TEXT,
+    options         TEXT NOT NULL DEFAULT '{}',
+    expected        BOOLEAN NOT NULL DEFAULT FALSE,
+    actual          BOOLEAN NOT NULL DEFAULT FALSE,
+    state           TEXT NOT NULL,          -- 'pending' | 'bound' | 'missing' | 'stale' | 'unsatisfiable' | 'failed' | 'foreign'
+    reason          TEXT,
+    last_result     TEXT,
+    last_checked_at BIGINT,
+    updated_at      BIGINT NOT NULL,
+    PRIMARY KEY (member_id, kind, name, mode, handler, connector)
+);
+
+-- Append-only: no foreign key, so a portal's audit trail survives its purge.
+CREATE TABLE audit_log (
+    id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at        BIGINT NOT NULL,
+    member_id TEXT,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    detail    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_portal ON audit_log (member_id, at);
+CREATE FUNCTION audit_log_append_only() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'audit_log is append-only'; END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+
+-- Every acknowledged delivery, online or drained from the offline queue.
+-- `payload` holds the event without its secrets; `secrets` holds the sealed
+-- auth tokens where the event carried any (needed to verify an install).
+CREATE TABLE inbox (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    member_id   TEXT NOT NULL,
+    dedupe_key  TEXT NOT NULL UNIQUE,
+    event       TEXT NOT NULL,
+    source      TEXT NOT NULL,              -- 'online' | 'offline'
+    verified    BOOLEAN NOT NULL,
+    ts          BIGINT,
+    received_at BIGINT NOT NULL,
+    payload     TEXT NOT NULL,
+    secrets     BYTEA,
+    state       TEXT NOT NULL DEFAULT 'pending',  -- 'pending' | 'processed' | 'rejected'
+    processed_at BIGINT
+);
+CREATE INDEX inbox_pending ON inbox (state, id);
+CREATE INDEX inbox_portal ON inbox (member_id, received_at);
+
+-- The job queue (BRIEF §3 "Jobs").
+CREATE TABLE jobs (
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    member_id    TEXT,
+    serial_key   TEXT,
+    unique_key   TEXT,
+    payload      TEXT NOT NULL DEFAULT '{}',
+    state        TEXT NOT NULL,             -- available | running | retryable | completed | discarded | cancelled
+    attempt      BIGINT NOT NULL DEFAULT 0,
+    max_attempts BIGINT NOT NULL,
+    run_at       BIGINT NOT NULL,
+    locked_by    TEXT,
+    locked_until BIGINT,
+    last_error   TEXT,
+    created_at   BIGINT NOT NULL,
+    finalized_at BIGINT
+);
+CREATE INDEX jobs_ready ON jobs (state, run_at);
+CREATE INDEX jobs_portal ON jobs (member_id, state);
+CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('available', 'running', 'retryable');
+
+-- Offline drain state per portal and auth connector; `process_id` is kept
+-- durable so a crash between reserve and clear resumes the same reservation.
+CREATE TABLE offline_drains (
+    member_id     TEXT NOT NULL REFERENCES portals (member_id) ON DELETE CASCADE,
+    connector     TEXT NOT NULL DEFAULT '',
+    process_id    TEXT,
+    reserved_at   BIGINT,
+    last_drain_at BIGINT,
+    drained_total BIGINT NOT NULL DEFAULT 0,
+    error_total   BIGINT NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    updated_at    BIGINT NOT NULL,
+    PRIMARY KEY (member_id, connector)
+);
+
+-- Calls parked on METHOD_CONFIRM_WAITING until ONAPPMETHODCONFIRM decides.
+CREATE TABLE pending_calls (
+    id                BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    member_id         TEXT NOT NULL REFERENCES portals (member_id) ON DELETE CASCADE,
+    method            TEXT NOT NULL,
+    params            TEXT NOT NULL DEFAULT '{}',
+    token_fingerprint TEXT NOT NULL,
+    access_token      BYTEA NOT NULL,
+    state             TEXT NOT NULL,        -- waiting | confirmed | denied | done | failed | expired
+    result            TEXT,
+    requested_at      BIGINT NOT NULL,
+    expires_at        BIGINT NOT NULL,
+    updated_at        BIGINT NOT NULL
+);
+CREATE INDEX pending_calls_lookup ON pending_calls (member_id, method, state);
+
+-- Per-portal manifest migrations applied (each exactly once; `step` resumes).
+CREATE TABLE portal_migrations (
+    member_id    TEXT NOT NULL REFERENCES portals (member_id) ON DELETE CASCADE,
+    migration_id TEXT NOT NULL,
+    version      BIGINT NOT NULL,
+    step         BIGINT NOT NULL DEFAULT 0,
+    state        TEXT NOT NULL,             -- running | applied
+    applied_at   BIGINT,
+    updated_at   BIGINT NOT NULL,
+    PRIMARY KEY (member_id, migration_id)
+);
+
+-- A shared leaky bucket per portal, so the Bitrix24 rate limit holds across
+-- every process on this database.
+CREATE TABLE rate_buckets (
+    member_id  TEXT PRIMARY KEY NOT NULL,
+    level      DOUBLE PRECISION NOT NULL,
+    updated_at BIGINT NOT NULL,
+    slow_until BIGINT
+);
+
+-- Named leases: per-portal drainers and reconcilers, the job rescuer.
+CREATE TABLE leases (
+    name   TEXT PRIMARY KEY NOT NULL,
+    owner  TEXT NOT NULL,
+    until  BIGINT NOT NULL
+);
