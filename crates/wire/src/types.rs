@@ -239,6 +239,14 @@ impl Endpoint {
         Ok(Self(url))
     }
 
+    /// `http(s)://<domain>/rest/`, the REST base of a portal known by its
+    /// domain (app-page POSTs have no `client_endpoint`, §3.5). Infallible:
+    /// a `PortalDomain` is always a valid host.
+    pub fn for_portal(domain: &PortalDomain, https: bool) -> Self {
+        let scheme = if https { "https" } else { "http" };
+        Self(format!("{scheme}://{domain}/rest/"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -449,6 +457,10 @@ mod tests {
         assert_eq!(e.as_str(), "https://Example.bitrix24.com/rest/");
         assert_eq!(e.host(), "example.bitrix24.com");
         assert!(Endpoint::parse("http://acme.localhost:8443/rest/").is_ok());
+        let d = PortalDomain::parse("acme.localhost:8443").unwrap();
+        let built = Endpoint::for_portal(&d, false);
+        assert_eq!(Endpoint::parse(built.as_str()).unwrap(), built);
+        assert_eq!(built.as_str(), "http://acme.localhost:8443/rest/");
         for bad in [
             "",
             "ftp://x.com/",
