@@ -1,0 +1,158 @@
+use std::fmt;
+
+use engine::{Config, ConfigError, Secrets};
+use store::{Keyring, OpenOptions, Store};
+
+use crate::cli::{Args, Command};
+
+/// A command's failure, with the exit status it maps to: 2 for a bad
+/// configuration (nothing was written), 1 for everything else.
+#[derive(Debug)]
+pub enum CliError {
+    Config(ConfigError),
+    Other(anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 2,
+            CliError::Other(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Config(e) => write!(f, "{e}"),
+            CliError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Other(e)
+    }
+}
+
+impl From<store::StoreError> for CliError {
+    fn from(e: store::StoreError) -> Self {
+        CliError::Other(e.into())
+    }
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("B24GATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Reads the file named by `--config` (or nothing) and the environment.
+fn load_config(args: &Args) -> Result<(Config, Secrets), CliError> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            CliError::Config(ConfigError {
+                key: "--config".into(),
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        })?,
+        None => String::new(),
+    };
+    Config::load(&text, std::env::vars()).map_err(CliError::Config)
+}
+
+/// The keyring for commands that touch no secret (migrate): a throwaway key
+/// when none is configured.
+fn keyring(secrets: &Secrets) -> Result<Keyring, CliError> {
+    match &secrets.master_key {
+        Some(k) => Keyring::from_hex(k).map_err(|e| {
+            CliError::Config(ConfigError {
+                key: "B24GATE_MASTER_KEY".into(),
+                message: e.to_string(),
+            })
+        }),
+        None => Ok(Keyring::generate().map_err(anyhow::Error::from)?.0),
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), CliError> {
+    let (config, secrets) = load_config(&args)?;
+    match args.command {
+        Command::Migrate { status, json } => {
+            let store = Store::open(
+                &config.server.database_url,
+                keyring(&secrets)?,
+                &OpenOptions::default(),
+            )
+            .await?;
+            let (applied, pending) = if status {
+                (0, store.pending_migrations().await?)
+            } else {
+                (store.migrate().await?, store.pending_migrations().await?)
+            };
+            store.close().await;
+            let backend = store.backend().as_str();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"backend": backend, "applied": applied, "pending": pending})
+                );
+            } else if status {
+                println!("{backend}: {pending} migration(s) pending");
+            } else {
+                println!("{backend}: {applied} migration(s) applied, {pending} pending");
+            }
+            Ok(())
+        }
+        Command::Config { json } => {
+            let view = serde_json::json!({
+                "server": {
+                    "listen": config.server.listen,
+                    "public_url": config.server.public_url,
+                    "database_url": redact_url(&config.server.database_url),
+                    "allow_insecure_http": config.server.allow_insecure_http,
+                    "workers": config.server.workers,
+                },
+                "app": {
+                    "client_id": config.app.client_id,
+                    "version": config.app.version,
+                    "scopes": config.app.scopes,
+                    "installer": config.app.installer,
+                    "oauth_url": config.app.oauth_url,
+                    "allowed_domains": config.app.allowed_domains,
+                },
+                "install_url": config.install_url(),
+                "events_url": config.events_url(),
+                "bindings": config.bindings.len(),
+                "placements": config.placements.len(),
+                "targets": config.targets.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                "secrets": format!("{secrets:?}"),
+            });
+            if json {
+                println!("{view}");
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).map_err(anyhow::Error::from)?
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Hides a password in a database URL.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

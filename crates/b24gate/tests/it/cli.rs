@@ -1,0 +1,138 @@
+use std::path::Path;
+use std::process::{Command, Output};
+
+const GOOD: &str = r#"
+[app]
+client_id = "local.0123456789abcd.12345678"
+version = 1
+"#;
+
+fn b24gate(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_b24gate"));
+    cmd.current_dir(dir).args(args);
+    // Start from an environment without any B24GATE_* variable of the caller.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("B24GATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = b24gate(dir.path(), &["--help"], &[]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert!(text.contains("migrate"), "{text}");
+    assert!(text.contains("config"), "{text}");
+}
+
+#[test]
+fn bad_config_exits_2_names_the_key_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gate.db");
+    let cases = [
+        (
+            "[app]\nclient_id = \"local.x.y\"\nversion = 0\n",
+            vec![],
+            "app.version",
+        ),
+        (
+            GOOD,
+            vec![("B24GATE_SERVER_LISTEN", "not-an-address")],
+            "server.listen",
+        ),
+        ("[app\n", vec![], "(line 1)"),
+        (
+            "[app]\nclient_id = \"local.x.y\"\nversion = 1\nclient_secret = \"oops\"\n",
+            vec![],
+            "app.client_secret",
+        ),
+    ];
+    for (text, env, key) in cases {
+        std::fs::write(dir.path().join("b24gate.toml"), text).unwrap();
+        let url = format!("sqlite://{}", db.display());
+        let mut env = env;
+        env.push(("B24GATE_SERVER_DATABASE_URL", &url));
+        let o = b24gate(dir.path(), &["--config", "b24gate.toml", "migrate"], &env);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("`{key}`")),
+            "{key}: {}",
+            stderr(&o)
+        );
+        assert!(!db.exists(), "nothing may be written on a bad config");
+        // The secret value itself never appears in the message.
+        assert!(!stderr(&o).contains("oops"));
+    }
+}
+
+#[test]
+fn migrate_applies_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b24gate.toml"), GOOD).unwrap();
+    let db = dir.path().join("gate.db");
+    let url = format!("sqlite://{}", db.display());
+    let env = [("B24GATE_SERVER_DATABASE_URL", url.as_str())];
+    let status = b24gate(
+        dir.path(),
+        &["-c", "b24gate.toml", "migrate", "--status", "--json"],
+        &env,
+    );
+    assert!(status.status.success(), "{}", stderr(&status));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert!(v["pending"].as_u64().unwrap() >= 1);
+    let first = b24gate(
+        dir.path(),
+        &["-c", "b24gate.toml", "migrate", "--json"],
+        &env,
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let v1: serde_json::Value = serde_json::from_str(&stdout(&first)).unwrap();
+    assert_eq!(v1["backend"], "sqlite");
+    assert_eq!(v1["applied"], v["pending"]);
+    assert_eq!(v1["pending"], 0);
+    assert!(db.exists());
+    let second = b24gate(
+        dir.path(),
+        &["-c", "b24gate.toml", "migrate", "--json"],
+        &env,
+    );
+    let v2: serde_json::Value = serde_json::from_str(&stdout(&second)).unwrap();
+    assert_eq!(v2["applied"], 0);
+}
+
+#[test]
+fn config_shows_secrets_only_as_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b24gate.toml"), GOOD).unwrap();
+    let o = b24gate(
+        dir.path(),
+        &["-c", "b24gate.toml", "config", "--json"],
+        &[("B24GATE_APP_CLIENT_SECRET", "very-secret-value")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains("very-secret-value"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["install_url"], "http://127.0.0.1:8080/b24/install");
+    assert!(
+        v["secrets"]
+            .as_str()
+            .unwrap()
+            .contains("client_secret: \"[set]\"")
+    );
+}

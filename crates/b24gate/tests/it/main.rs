@@ -1,0 +1,3 @@
+//! The `b24gate` binary driven as a user would: arguments, exit codes, files.
+
+mod cli;
