@@ -967,3 +967,21 @@ scopes = ["crm", "placement"]
         assert!(shown.contains("[set]"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example shipped in `examples/` must stay loadable.
+    #[test]
+    fn example_config_loads() {
+        let text = include_str!("../../../examples/b24gate.toml");
+        let (c, _) = Config::load(text, Vec::new()).unwrap();
+        assert_eq!(c.app.version, 3);
+        assert_eq!(c.bindings.len(), 3);
+        assert_eq!(c.bindings[1].mode, BindingMode::Offline);
+        assert_eq!(c.placements[0].lang_all["de"].title.as_deref(), Some("Deal-Reiter"));
+        assert_eq!(c.migrations[0].steps[0].method, "app.option.set");
+        assert_eq!(c.install_url(), "https://gate.example.com/b24/install");
+    }
+}
