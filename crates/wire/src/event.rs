@@ -251,8 +251,10 @@ fn parse_auth(raw: &FormMap, event: &str) -> Result<EventAuth, EventError> {
         event,
         ONAPPINSTALL | ONAPPUPDATE | ONAPPTEST | ONOFFLINEEVENT
     );
-    let has_token = a.opt("access_token", "auth[access_token]")?.is_some();
-    let user = if tokens_allowed && has_token {
+    // Checked only where tokens may exist, so that an ignored token cannot
+    // fail the event by being malformed either.
+    let has_token = tokens_allowed && a.opt("access_token", "auth[access_token]")?.is_some();
+    let user = if has_token {
         Some(UserAuth {
             access_token: a.req_with("access_token", "auth[access_token]", AccessToken::parse)?,
             expires: a.req_uint("expires", "auth[expires]")?,

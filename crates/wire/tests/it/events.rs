@@ -132,6 +132,10 @@ fn onappuninstall_ignores_tokens_it_cannot_carry() {
     let e = Event::parse(body.as_bytes(), &Limits::default()).unwrap();
     assert!(e.auth.user.is_none());
     assert!(!format!("{e:?}").contains(ACCESS));
+    // Even a malformed (nested) token is ignored rather than fatal.
+    let nested = format!("{body}&auth%5Baccess_token%5D%5Bx%5D=1");
+    let e = Event::parse(nested.as_bytes(), &Limits::default()).unwrap();
+    assert!(e.auth.user.is_none());
 }
 
 #[test]
