@@ -14,6 +14,9 @@
 //! - `portals`: identity, endpoints, profile, install/uninstall/purge.
 //! - `credentials`: sealed OAuth tokens, cross-process refresh lock.
 //! - `audit`: the append-only audit log (survives every purge).
+//! - `inbox`: every acknowledged delivery, appended in group commits.
+//! - `jobs`: the job queue (claims, leases, rescue, retries, dead letter).
+//! - `leases`: named leases for work that must run in one place at a time.
 //!
 //! Every function takes `now` (Unix milliseconds) from the caller, so tests
 //! control time and nothing here reads a clock.
@@ -21,6 +24,9 @@
 pub mod audit;
 pub mod credentials;
 pub mod crypto;
+pub mod inbox;
+pub mod jobs;
+mod leases;
 pub mod portals;
 pub mod status;
 
@@ -35,6 +41,8 @@ use sqlx::sqlite::{
 pub use audit::{AuditEntry, AuditFilter, NewAudit};
 pub use credentials::{Credentials, TokenSet};
 pub use crypto::{CryptoError, Keyring};
+pub use inbox::{Appended, InboxEvent, NewInboxEvent};
+pub use jobs::{Enqueued, FailOutcome, Job, JobFilter, NewJob};
 pub use portals::{InstallOutcome, Portal, TokenCheck, VerifiedInstall};
 pub use status::PortalStatus;
 

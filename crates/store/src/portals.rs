@@ -481,8 +481,6 @@ impl Store {
         const PORTAL: &str = "UPDATE portals SET status = 'uninstalled', status_reason = $2, \
             status_changed_at = $3, uninstalled_at = $3, purge_after = $4, updated_at = $3 \
             WHERE member_id = $1";
-        const CANCEL: &str = "UPDATE jobs SET state = 'cancelled', finalized_at = $2, locked_by = NULL, \
-            locked_until = NULL WHERE member_id = $1 AND state IN ('available', 'retryable', 'running')";
         with_tx!(self, |tx| {
             let Some((from, _)) = current_status!(self, tx, member_id) else {
                 return Err(StoreError::PortalNotFound(member_id.to_owned()));
@@ -525,7 +523,7 @@ impl Store {
                 .bind(member_id)
                 .execute(&mut *tx)
                 .await?;
-            let cancelled = sqlx::query(CANCEL)
+            let cancelled = sqlx::query(crate::jobs::CANCEL_PORTAL_JOBS)
                 .bind(member_id)
                 .bind(now)
                 .execute(&mut *tx)

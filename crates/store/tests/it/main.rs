@@ -6,6 +6,8 @@ mod common;
 
 mod audit;
 mod credentials;
+mod inbox;
+mod jobs;
 mod migrations;
 mod portals;
 mod secrets_at_rest;

@@ -1,0 +1,56 @@
+use store::{Appended, NewInboxEvent};
+
+use crate::common::{T0, TestDb};
+
+crate::conformance!(inbox_batch_dedupes_and_seals_secrets);
+
+async fn inbox_batch_dedupes_and_seals_secrets(db: &TestDb) {
+    let s = &db.store;
+    let payload = serde_json::json!({"event": "ONCRMDEALADD", "data": {"FIELDS": {"ID": "7"}}});
+    let secrets = r#"{"access_token":"inbox-secret-access-token"}"#;
+    let ev = |key: &'static str, secrets: Option<&'static str>| NewInboxEvent {
+        member_id: "m1",
+        dedupe_key: key,
+        event: "ONCRMDEALADD",
+        source: "online",
+        verified: true,
+        ts: Some(1_766_047_124),
+        payload: &payload,
+        secrets,
+    };
+    let out = s
+        .append_inbox(
+            &[ev("k1", Some(secrets)), ev("k2", None), ev("k1", None)],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Appended::Inserted(_)));
+    assert!(matches!(out[1], Appended::Inserted(_)));
+    assert_eq!(out[2], Appended::Duplicate, "a repeat in the same batch");
+    assert_eq!(
+        s.append_inbox(&[ev("k2", None)], T0 + 1).await.unwrap(),
+        [Appended::Duplicate],
+        "a repeat in a later batch"
+    );
+    assert_eq!(s.inbox_depth().await.unwrap(), 2);
+    let pending = s.pending_inbox(10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].dedupe_key, "k1");
+    assert_eq!(pending[0].payload_json(), payload);
+    assert_eq!(pending[0].received_at, T0);
+    assert_eq!(
+        s.inbox_secrets(&pending[0]).unwrap().as_deref(),
+        Some(secrets)
+    );
+    assert_eq!(s.inbox_secrets(&pending[1]).unwrap(), None);
+    let Appended::Inserted(id) = out[0] else {
+        unreachable!()
+    };
+    assert!(s.finish_inbox(id, "processed", T0 + 2).await.unwrap());
+    assert!(!s.finish_inbox(id, "processed", T0 + 3).await.unwrap());
+    let done = s.get_inbox(id).await.unwrap().unwrap();
+    assert_eq!(done.state, "processed");
+    assert!(!done.has_secrets(), "secrets are dropped once handled");
+    assert_eq!(s.inbox_depth().await.unwrap(), 1);
+}
