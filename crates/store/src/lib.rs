@@ -16,6 +16,7 @@
 //! - `audit`: the append-only audit log (survives every purge).
 //! - `inbox`: every acknowledged delivery, appended in group commits.
 //! - `jobs`: the job queue (claims, leases, rescue, retries, dead letter).
+//! - `rate`: the shared per-portal leaky bucket (GCRA in one upsert).
 //! - `leases`: named leases for work that must run in one place at a time.
 //!
 //! Every function takes `now` (Unix milliseconds) from the caller, so tests
@@ -28,6 +29,7 @@ pub mod inbox;
 pub mod jobs;
 mod leases;
 pub mod portals;
+mod rate;
 pub mod status;
 
 use std::str::FromStr;

@@ -10,4 +10,5 @@ mod inbox;
 mod jobs;
 mod migrations;
 mod portals;
+mod rate;
 mod secrets_at_rest;

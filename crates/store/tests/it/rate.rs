@@ -1,0 +1,64 @@
+use crate::common::{T0, TestDb};
+
+crate::conformance!(
+    shared_bucket_allows_burst_then_drains,
+    shared_bucket_holds_across_handles
+);
+
+async fn shared_bucket_allows_burst_then_drains(db: &TestDb) {
+    let s = &db.store;
+    // 2 requests/s (500 ms interval), burst 50: the standard plan.
+    for k in 0..50 {
+        assert_eq!(
+            s.reserve_rate_slot("m1", 500.0, 50, T0).await.unwrap(),
+            0,
+            "request {k}"
+        );
+    }
+    assert_eq!(
+        s.reserve_rate_slot("m1", 500.0, 50, T0).await.unwrap(),
+        500,
+        "51st waits one interval"
+    );
+    assert_eq!(
+        s.reserve_rate_slot("m1", 500.0, 50, T0).await.unwrap(),
+        1000
+    );
+    // Another portal has its own bucket.
+    assert_eq!(s.reserve_rate_slot("m2", 500.0, 50, T0).await.unwrap(), 0);
+    // After a long pause the bucket is empty again.
+    assert_eq!(
+        s.reserve_rate_slot("m1", 500.0, 50, T0 + 60_000)
+            .await
+            .unwrap(),
+        0
+    );
+    // A penalty pushes the next slot back.
+    s.penalise_rate("m2", 30_000.0, T0).await.unwrap();
+    assert!(s.reserve_rate_slot("m2", 500.0, 50, T0).await.unwrap() > 0);
+}
+
+async fn shared_bucket_holds_across_handles(db: &TestDb) {
+    let a = db.store.clone();
+    let b = db.second_handle().await;
+    let mut tasks = Vec::new();
+    for s in [a, b.clone()] {
+        tasks.push(tokio::spawn(async move {
+            let mut waits = Vec::new();
+            for _ in 0..30 {
+                waits.push(s.reserve_rate_slot("m1", 10.0, 20, T0).await.unwrap());
+            }
+            waits
+        }));
+    }
+    let mut waits: Vec<i64> = Vec::new();
+    for t in tasks {
+        waits.extend(t.await.unwrap());
+    }
+    waits.sort_unstable();
+    // 60 requests at once: 20 go now, the other 40 are spaced one interval apart.
+    assert_eq!(waits.iter().filter(|w| **w == 0).count(), 20);
+    let expected: Vec<i64> = (0..20).map(|_| 0).chain((1..=40).map(|k| k * 10)).collect();
+    assert_eq!(waits, expected);
+    b.close().await;
+}
