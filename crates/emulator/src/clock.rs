@@ -55,12 +55,14 @@ impl Clock {
     pub fn set_frozen(&self, frozen: bool) {
         if frozen {
             if self.frozen_us.load(Ordering::Relaxed) == 0 {
-                self.frozen_us.store(self.now_us().max(1), Ordering::Relaxed);
+                self.frozen_us
+                    .store(self.now_us().max(1), Ordering::Relaxed);
             }
         } else {
             let f = self.frozen_us.swap(0, Ordering::Relaxed);
             if f != 0 {
-                self.offset_us.store(f - Self::system_us(), Ordering::Relaxed);
+                self.offset_us
+                    .store(f - Self::system_us(), Ordering::Relaxed);
             }
         }
     }
@@ -99,7 +101,8 @@ pub fn parse_iso8601(s: &str) -> Option<i64> {
         && tz.len() >= 6
     {
         let sign = if tz.starts_with('-') { -1 } else { 1 };
-        off = sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600 + tz.get(4..6)?.parse::<i64>().ok()? * 60);
+        off = sign
+            * (tz.get(1..3)?.parse::<i64>().ok()? * 3600 + tz.get(4..6)?.parse::<i64>().ok()? * 60);
     }
     Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - off)
 }
@@ -136,8 +139,14 @@ mod tests {
     fn formats_and_parses() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00+00:00");
         assert_eq!(iso8601(1_722_848_533), "2024-08-05T09:02:13+00:00");
-        assert_eq!(parse_iso8601("2024-08-05T09:02:13+00:00"), Some(1_722_848_533));
-        assert_eq!(parse_iso8601("2024-08-05T11:02:13+02:00"), Some(1_722_848_533));
+        assert_eq!(
+            parse_iso8601("2024-08-05T09:02:13+00:00"),
+            Some(1_722_848_533)
+        );
+        assert_eq!(
+            parse_iso8601("2024-08-05T11:02:13+02:00"),
+            Some(1_722_848_533)
+        );
         assert_eq!(parse_iso8601("nope"), None);
     }
 

@@ -18,7 +18,11 @@ use crate::server::json_response;
 type AppState = Arc<Shared>;
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, EmuError> {
-    let b: &[u8] = if body.iter().all(|c| c.is_ascii_whitespace()) { b"{}" } else { body };
+    let b: &[u8] = if body.iter().all(|c| c.is_ascii_whitespace()) {
+        b"{}"
+    } else {
+        body
+    };
     serde_json::from_slice(b).map_err(|e| EmuError::Invalid(format!("body: {e}")))
 }
 
@@ -43,11 +47,15 @@ fn to_value<T: serde::Serialize>(t: T) -> Value {
 
 async fn index(State(s): State<AppState>) -> Response {
     let urls = s.with(|f| to_value(&f.urls));
-    reply(Ok(json!({"b24emu": env!("CARGO_PKG_VERSION"), "urls": urls})))
+    reply(Ok(
+        json!({"b24emu": env!("CARGO_PKG_VERSION"), "urls": urls}),
+    ))
 }
 
 async fn create_app(State(s): State<AppState>, body: Bytes) -> Response {
-    reply(parse::<ops::AppSpec>(&body).and_then(|spec| s.with(|f| f.create_app(spec)).map(to_value)))
+    reply(
+        parse::<ops::AppSpec>(&body).and_then(|spec| s.with(|f| f.create_app(spec)).map(to_value)),
+    )
 }
 
 async fn list_apps(State(s): State<AppState>) -> Response {
@@ -59,7 +67,10 @@ async fn list_apps(State(s): State<AppState>) -> Response {
 }
 
 async fn create_portal(State(s): State<AppState>, body: Bytes) -> Response {
-    reply(parse::<ops::PortalSpec>(&body).and_then(|spec| s.with(|f| f.create_portal(spec)).map(to_value)))
+    reply(
+        parse::<ops::PortalSpec>(&body)
+            .and_then(|spec| s.with(|f| f.create_portal(spec)).map(to_value)),
+    )
 }
 
 async fn list_portals(State(s): State<AppState>) -> Response {
@@ -80,28 +91,50 @@ struct Since {
     since: u64,
 }
 
-async fn deliveries(State(s): State<AppState>, Path(m): Path<String>, Query(q): Query<Since>) -> Response {
+async fn deliveries(
+    State(s): State<AppState>,
+    Path(m): Path<String>,
+    Query(q): Query<Since>,
+) -> Response {
     reply(s.with(|f| f.deliveries(&m, q.since)).map(to_value))
 }
 
-async fn portal_action(State(s): State<AppState>, Path((m, action)): Path<(String, String)>, body: Bytes) -> Response {
-    let r: Result<Value, EmuError> = match action.as_str() {
-        "install" => parse(&body).and_then(|x| s.with(|f| f.install(&m, x)).map(to_value)),
-        "install-finish" => parse(&body).and_then(|x| s.with(|f| f.install_finish(&m, x)).map(|_| json!({"installed": true}))),
-        "update" => parse(&body).and_then(|x| s.with(|f| f.update(&m, x)).map(|v| json!({"version": v}))),
-        "uninstall" => parse(&body).and_then(|x| s.with(|f| f.uninstall(&m, x)).map(|_| json!({"uninstalled": true}))),
-        "reinstall" => parse(&body).and_then(|x| s.with(|f| f.reinstall(&m, x)).map(to_value)),
-        "tokens" => parse(&body).and_then(|x| s.with(|f| f.tokens(&m, x)).map(to_value)),
-        "codes" => parse(&body).and_then(|x| s.with(|f| f.auth_code(&m, x)).map(|c| json!({"code": c}))),
-        "changes" => parse(&body).and_then(|x| s.with(|f| f.changes(&m, x)).map(to_value)),
-        "confirm" => parse(&body).and_then(|x| s.with(|f| f.confirm(&m, x)).map(|n| json!({"decided": n}))),
-        "rename" => parse(&body).and_then(|x| s.with(|f| f.rename(&m, x)).map(to_value)),
-        "webhooks" => parse(&body).and_then(|x| s.with(|f| f.create_webhook(&m, x))),
-        "payment" => parse(&body).and_then(|x| s.with(|f| f.payment(&m, x)).map(|_| json!({"ok": true}))),
-        "limits" => parse(&body).and_then(|x| s.with(|f| f.set_limits(&m, x)).map(to_value)),
-        "delete" => s.with(|f| f.delete_portal(&m)).map(|_| json!({"deleted": true})),
-        _ => Err(EmuError::NotFound(format!("control call {action}"))),
-    };
+async fn portal_action(
+    State(s): State<AppState>,
+    Path((m, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let r: Result<Value, EmuError> =
+        match action.as_str() {
+            "install" => parse(&body).and_then(|x| s.with(|f| f.install(&m, x)).map(to_value)),
+            "install-finish" => parse(&body).and_then(|x| {
+                s.with(|f| f.install_finish(&m, x))
+                    .map(|_| json!({"installed": true}))
+            }),
+            "update" => parse(&body)
+                .and_then(|x| s.with(|f| f.update(&m, x)).map(|v| json!({"version": v}))),
+            "uninstall" => parse(&body).and_then(|x| {
+                s.with(|f| f.uninstall(&m, x))
+                    .map(|_| json!({"uninstalled": true}))
+            }),
+            "reinstall" => parse(&body).and_then(|x| s.with(|f| f.reinstall(&m, x)).map(to_value)),
+            "tokens" => parse(&body).and_then(|x| s.with(|f| f.tokens(&m, x)).map(to_value)),
+            "codes" => parse(&body)
+                .and_then(|x| s.with(|f| f.auth_code(&m, x)).map(|c| json!({"code": c}))),
+            "changes" => parse(&body).and_then(|x| s.with(|f| f.changes(&m, x)).map(to_value)),
+            "confirm" => parse(&body)
+                .and_then(|x| s.with(|f| f.confirm(&m, x)).map(|n| json!({"decided": n}))),
+            "rename" => parse(&body).and_then(|x| s.with(|f| f.rename(&m, x)).map(to_value)),
+            "webhooks" => parse(&body).and_then(|x| s.with(|f| f.create_webhook(&m, x))),
+            "payment" => {
+                parse(&body).and_then(|x| s.with(|f| f.payment(&m, x)).map(|_| json!({"ok": true})))
+            }
+            "limits" => parse(&body).and_then(|x| s.with(|f| f.set_limits(&m, x)).map(to_value)),
+            "delete" => s
+                .with(|f| f.delete_portal(&m))
+                .map(|_| json!({"deleted": true})),
+            _ => Err(EmuError::NotFound(format!("control call {action}"))),
+        };
     reply(r)
 }
 
@@ -126,7 +159,9 @@ async fn clock(State(s): State<AppState>, body: Bytes) -> Response {
 }
 
 async fn clock_get(State(s): State<AppState>) -> Response {
-    reply(Ok(json!({"now": s.clock.now(), "frozen": s.clock.is_frozen()})))
+    reply(Ok(
+        json!({"now": s.clock.now(), "frozen": s.clock.is_frozen()}),
+    ))
 }
 
 pub(crate) fn router() -> Router<AppState> {

@@ -27,8 +27,19 @@ pub struct EventDef {
     pub offline_allowed: bool,
 }
 
-const fn ev(name: &'static str, scope: Option<&'static str>, auth: bool, refresh: bool) -> EventDef {
-    EventDef { name, scope, send_auth: auth, send_refresh: refresh, offline_allowed: true }
+const fn ev(
+    name: &'static str,
+    scope: Option<&'static str>,
+    auth: bool,
+    refresh: bool,
+) -> EventDef {
+    EventDef {
+        name,
+        scope,
+        send_auth: auth,
+        send_refresh: refresh,
+        offline_allowed: true,
+    }
 }
 
 /// The event catalogue of every emulated portal.
@@ -39,7 +50,13 @@ pub const EVENTS: &[EventDef] = &[
     ev("ONAPPPAYMENT", None, false, false),
     ev("ONAPPTEST", None, true, true),
     ev("ONAPPMETHODCONFIRM", None, false, false),
-    EventDef { name: "ONOFFLINEEVENT", scope: None, send_auth: true, send_refresh: true, offline_allowed: false },
+    EventDef {
+        name: "ONOFFLINEEVENT",
+        scope: None,
+        send_auth: true,
+        send_refresh: true,
+        offline_allowed: false,
+    },
     ev("ONCRMDEALADD", Some("crm"), true, false),
     ev("ONCRMDEALUPDATE", Some("crm"), true, false),
     ev("ONCRMDEALDELETE", Some("crm"), true, false),
@@ -91,7 +108,9 @@ impl Farm {
     ) -> Map<String, Value> {
         let mut a = Map::new();
         let (domain, ce, app_token, status) = {
-            let Some(p) = self.portals.get(member_id) else { return a };
+            let Some(p) = self.portals.get(member_id) else {
+                return a;
+            };
             let i = p.installs.get(client_id);
             (
                 p.domain.clone(),
@@ -109,10 +128,17 @@ impl Farm {
             } else {
                 self.event_token(member_id, client_id, user_id)
             };
-            let scope = self.apps.get(client_id).map(|a| a.scopes.join(",")).unwrap_or_default();
+            let scope = self
+                .apps
+                .get(client_id)
+                .map(|a| a.scopes.join(","))
+                .unwrap_or_default();
             a.insert("access_token".into(), json!(access));
             a.insert("expires".into(), json!(expires.to_string()));
-            a.insert("expires_in".into(), json!((expires - now).max(0).to_string()));
+            a.insert(
+                "expires_in".into(),
+                json!((expires - now).max(0).to_string()),
+            );
             a.insert("scope".into(), json!(scope));
             a.insert("domain".into(), json!(domain));
             a.insert("server_endpoint".into(), json!(se));
@@ -135,7 +161,12 @@ impl Farm {
     }
 
     /// A still-valid access token for deliveries to (app, user), reused across events.
-    fn event_token(&mut self, member_id: &str, client_id: &str, user_id: u64) -> (String, Option<String>, i64) {
+    fn event_token(
+        &mut self,
+        member_id: &str,
+        client_id: &str,
+        user_id: u64,
+    ) -> (String, Option<String>, i64) {
         let now = self.now();
         let cached = self
             .portals
@@ -151,13 +182,27 @@ impl Farm {
         }
         let t = self.issue_access(member_id, client_id, user_id);
         let expires = self.tokens.get(&t).map(|a| a.expires).unwrap_or(now);
-        if let Some(i) = self.portals.get_mut(member_id).and_then(|p| p.installs.get_mut(client_id)) {
+        if let Some(i) = self
+            .portals
+            .get_mut(member_id)
+            .and_then(|p| p.installs.get_mut(client_id))
+        {
             i.event_tokens.insert(user_id, t.clone());
         }
         (t, None, expires)
     }
 
-    fn push_job(&mut self, member_id: &str, client_id: &str, event: &str, binding_id: u64, url: &str, data: Value, auth: Map<String, Value>) {
+    #[allow(clippy::too_many_arguments)]
+    fn push_job(
+        &mut self,
+        member_id: &str,
+        client_id: &str,
+        event: &str,
+        binding_id: u64,
+        url: &str,
+        data: Value,
+        auth: Map<String, Value>,
+    ) {
         let ts = self.now();
         let mut body = Map::new();
         body.insert("event".into(), json!(event));
@@ -165,6 +210,7 @@ impl Farm {
         body.insert("data".into(), data);
         body.insert("ts".into(), json!(ts.to_string()));
         body.insert("auth".into(), Value::Object(auth));
+        self.stats.deliveries_queued += 1;
         self.pending.push(Job {
             member_id: member_id.to_string(),
             client_id: client_id.to_string(),
@@ -186,14 +232,32 @@ impl Farm {
     /// Fires an entity event (ONCRMDEALADD, …) on a portal: online jobs for bound
     /// handlers, rows in the offline queue, then ONOFFLINEEVENT notifications.
     /// `user_id` 0 = system change (no tokens, §2.3).
-    pub fn fire_entity(&mut self, member_id: &str, event: &str, data: Value, user_id: u64, initiator: &Initiator) {
+    pub fn fire_entity(
+        &mut self,
+        member_id: &str,
+        event: &str,
+        data: Value,
+        user_id: u64,
+        initiator: &Initiator,
+    ) {
         let Some(def) = event_def(event) else { return };
-        let Some(p) = self.portals.get(member_id) else { return };
+        let Some(p) = self.portals.get(member_id) else {
+            return;
+        };
         let targets: Vec<(u64, String, String, u64, bool, String)> = p
             .bindings
             .iter()
             .filter(|b| b.event == def.name)
-            .map(|b| (b.id, b.client_id.clone(), b.handler.clone(), b.auth_type, b.offline, b.connector.clone()))
+            .map(|b| {
+                (
+                    b.id,
+                    b.client_id.clone(),
+                    b.handler.clone(),
+                    b.auth_type,
+                    b.offline,
+                    b.connector.clone(),
+                )
+            })
             .collect();
         if targets.is_empty() {
             return;
@@ -206,7 +270,9 @@ impl Farm {
             if offline {
                 // Self-suppression (§5.5): the app's own change on the same connector
                 // is not queued for it.
-                if initiator.client_id.as_deref() == Some(client.as_str()) && initiator.connector == connector {
+                if initiator.client_id.as_deref() == Some(client.as_str())
+                    && initiator.connector == connector
+                {
                     continue;
                 }
                 self.offline_upsert(member_id, &client, &connector, def.name, &data, user_id);
@@ -215,8 +281,17 @@ impl Farm {
                 }
             } else {
                 let uid = if auth_type > 0 { auth_type } else { user_id };
-                let auth = self.auth_block(member_id, &client, uid, def.send_auth, def.send_refresh);
-                self.push_job(member_id, &client, def.name, id, &handler, data.clone(), auth);
+                let auth =
+                    self.auth_block(member_id, &client, uid, def.send_auth, def.send_refresh);
+                self.push_job(
+                    member_id,
+                    &client,
+                    def.name,
+                    id,
+                    &handler,
+                    data.clone(),
+                    auth,
+                );
             }
         }
         for client in notify {
@@ -224,10 +299,20 @@ impl Farm {
         }
     }
 
-    fn offline_upsert(&mut self, member_id: &str, client: &str, connector: &str, event: &str, data: &Value, user_id: u64) {
+    fn offline_upsert(
+        &mut self,
+        member_id: &str,
+        client: &str,
+        connector: &str,
+        event: &str,
+        data: &Value,
+        user_id: u64,
+    ) {
         let mid = message_id(event, data);
         let now = self.now_us;
-        let Some(p) = self.portals.get_mut(member_id) else { return };
+        let Some(p) = self.portals.get_mut(member_id) else {
+            return;
+        };
         let q = &mut p.offline;
         let key = (client.to_string(), connector.to_string(), mid);
         if let Some(id) = q.unreserved.get(&key)
@@ -262,7 +347,9 @@ impl Farm {
     fn notify_offline(&mut self, member_id: &str, client: &str, user_id: u64) {
         let now = self.now_f();
         let mut send = Vec::new();
-        let Some(p) = self.portals.get_mut(member_id) else { return };
+        let Some(p) = self.portals.get_mut(member_id) else {
+            return;
+        };
         for b in p.bindings.iter_mut() {
             if b.client_id != client || b.event != "ONOFFLINEEVENT" || b.offline {
                 continue;
@@ -281,18 +368,36 @@ impl Farm {
         for (id, handler, auth_type) in send {
             let uid = if auth_type > 0 { auth_type } else { user_id };
             let auth = self.auth_block(member_id, client, uid, true, true);
-            self.push_job(member_id, client, "ONOFFLINEEVENT", id, &handler, json!([]), auth);
+            self.push_job(
+                member_id,
+                client,
+                "ONOFFLINEEVENT",
+                id,
+                &handler,
+                json!([]),
+                auth,
+            );
         }
     }
 
     /// Fires a lifecycle event (ONAPP*) to the handlers of one app only (§4).
     /// `gated` = subject to ACTIVE/INSTALLED/payment gating.
-    pub fn fire_app(&mut self, member_id: &str, client: &str, event: &str, data: Value, user_id: u64, gated: bool) {
+    pub fn fire_app(
+        &mut self,
+        member_id: &str,
+        client: &str,
+        event: &str,
+        data: Value,
+        user_id: u64,
+        gated: bool,
+    ) {
         let Some(def) = event_def(event) else { return };
         if gated && !self.app_receives_events(member_id, client) {
             return;
         }
-        let Some(p) = self.portals.get(member_id) else { return };
+        let Some(p) = self.portals.get(member_id) else {
+            return;
+        };
         let targets: Vec<(u64, String, u64)> = p
             .bindings
             .iter()
@@ -302,12 +407,27 @@ impl Farm {
         for (id, handler, auth_type) in targets {
             let uid = if auth_type > 0 { auth_type } else { user_id };
             let auth = self.auth_block(member_id, client, uid, def.send_auth, def.send_refresh);
-            self.push_job(member_id, client, def.name, id, &handler, data.clone(), auth);
+            self.push_job(
+                member_id,
+                client,
+                def.name,
+                id,
+                &handler,
+                data.clone(),
+                auth,
+            );
         }
     }
 
     /// Records a finished delivery attempt.
-    pub(crate) fn record_delivery(&mut self, job: &Job, status: Option<u16>, error: Option<String>, latency_ms: f64, body: Option<String>) {
+    pub(crate) fn record_delivery(
+        &mut self,
+        job: &Job,
+        status: Option<u16>,
+        error: Option<String>,
+        latency_ms: f64,
+        body: Option<String>,
+    ) {
         let ok = status.is_some_and(|s| (200..300).contains(&s));
         if ok {
             self.stats.deliveries_ok += 1;
@@ -315,7 +435,9 @@ impl Farm {
             self.stats.deliveries_failed += 1;
         }
         let cap = self.cfg.delivery.log_capacity;
-        let Some(p) = self.portals.get_mut(&job.member_id) else { return };
+        let Some(p) = self.portals.get_mut(&job.member_id) else {
+            return;
+        };
         p.next_delivery_id += 1;
         if cap == 0 {
             return;
@@ -341,11 +463,17 @@ impl Farm {
 
 /// The delivery worker: one loop receiving jobs, each sent by its own task, at most
 /// `delivery.concurrency` in flight. Deliveries share one keep-alive client.
-pub(crate) async fn run_worker(shared: Arc<Shared>, mut rx: UnboundedReceiver<Job>, client: reqwest::Client) {
+pub(crate) async fn run_worker(
+    shared: Arc<Shared>,
+    mut rx: UnboundedReceiver<Job>,
+    client: reqwest::Client,
+) {
     let sem = Arc::new(Semaphore::new(shared.cfg.delivery.concurrency.max(1)));
     let timeout = Duration::from_millis(shared.cfg.delivery.timeout_ms);
     while let Some(job) = rx.recv().await {
-        let Ok(permit) = sem.clone().acquire_owned().await else { break };
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
         let shared = shared.clone();
         let client = client.clone();
         tokio::spawn(async move {
@@ -353,7 +481,10 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, mut rx: UnboundedReceiver<Jo
             let started = Instant::now();
             let res = client
                 .post(&job.url)
-                .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
                 .timeout(timeout)
                 .body(body.clone())
                 .send()
@@ -388,7 +519,13 @@ fn describe(e: &reqwest::Error) -> String {
 
 impl Job {
     /// An installer POST (§3.5): the query string is already in `url`.
-    pub(crate) fn installer(member_id: &str, client_id: &str, url: String, body: Map<String, Value>, ts: i64) -> Job {
+    pub(crate) fn installer(
+        member_id: &str,
+        client_id: &str,
+        url: String,
+        body: Map<String, Value>,
+        ts: i64,
+    ) -> Job {
         Job {
             member_id: member_id.to_string(),
             client_id: client_id.to_string(),

@@ -39,8 +39,9 @@ use tokio::task::JoinHandle;
 pub use clock::Clock;
 pub use config::{EmulatorConfig, UpdateEvent};
 pub use ops::{
-    AppSpec, ChangeInfo, ChangeSpec, ClockSpec, ConfirmSpec, FaultsSpec, InstallInfo, InstallSpec, LimitsSpec,
-    PaymentSpec, PortalInfo, PortalSpec, RenameSpec, Shared, TokenInfo, UninstallSpec, UpdateSpec, WebhookSpec,
+    AppSpec, ChangeInfo, ChangeSpec, ClockSpec, ConfirmSpec, FaultsSpec, InstallInfo, InstallSpec,
+    LimitsSpec, PaymentSpec, PortalInfo, PortalSpec, RenameSpec, Shared, TokenInfo, UninstallSpec,
+    UpdateSpec, WebhookSpec,
 };
 pub use state::{App, AppKind, DeliveryRecord, Farm, Plan, PortalLimits, Urls};
 
@@ -98,7 +99,9 @@ impl Emulator {
         let urls = Urls {
             control: format!("{http}/_emu"),
             http,
-            https: https.as_ref().map(|(_, p)| format!("https://{}:{p}", ip(cfg.https_listen.expect("set")))),
+            https: https
+                .as_ref()
+                .map(|(_, p)| format!("https://{}:{p}", ip(cfg.https_listen.expect("set")))),
             oauth: format!("http://{}:{oauth_port}", ip(cfg.oauth_listen)),
             http_port,
             https_port: https.as_ref().map(|(_, p)| *p),
@@ -122,8 +125,16 @@ impl Emulator {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(events::run_worker(shared.clone(), rx, client)));
         let portal = server::portal_router(shared.clone());
-        tasks.push(tokio::spawn(server::serve_http(http_l, portal.clone(), stop_rx.clone())));
-        tasks.push(tokio::spawn(server::serve_http(oauth_l, server::oauth_router(shared.clone()), stop_rx.clone())));
+        tasks.push(tokio::spawn(server::serve_http(
+            http_l,
+            portal.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(server::serve_http(
+            oauth_l,
+            server::oauth_router(shared.clone()),
+            stop_rx.clone(),
+        )));
         let mut ca_pem = None;
         if let Some((l, _)) = https {
             let ca = Arc::new(tls::Ca::generate()?);
@@ -132,9 +143,20 @@ impl Emulator {
             }
             ca_pem = Some(ca.pem.clone());
             let tls_cfg = Arc::new(tls::server_config(ca)?);
-            tasks.push(tokio::spawn(server::serve_https(l, portal, tls_cfg, stop_rx.clone())));
+            tasks.push(tokio::spawn(server::serve_https(
+                l,
+                portal,
+                tls_cfg,
+                stop_rx.clone(),
+            )));
         }
-        Ok(Emulator { shared, urls, ca_pem, stop, tasks })
+        Ok(Emulator {
+            shared,
+            urls,
+            ca_pem,
+            stop,
+            tasks,
+        })
     }
 
     /// `http://127.0.0.1:PORT` (portals and control API).

@@ -32,7 +32,10 @@ impl PortalLimits {
             q.pop_front();
         }
         let sum = q.iter().map(|(_, s)| s).sum();
-        let reset = q.front().map(|(m, _)| (m + BUCKETS) * 60).unwrap_or(now as i64 + BUCKETS * 60);
+        let reset = q
+            .front()
+            .map(|(m, _)| (m + BUCKETS) * 60)
+            .unwrap_or(now as i64 + BUCKETS * 60);
         (sum, reset)
     }
 
@@ -48,9 +51,18 @@ impl PortalLimits {
     /// Charges a call's execution time (real + simulated cost) to (actor, method);
     /// returns the seconds charged.
     pub fn charge(&mut self, actor: &str, method: &str, now: f64, real_secs: f64) -> f64 {
-        let cost = self.cost_ms.get(method).copied().unwrap_or(self.default_cost_ms) / 1000.0 + real_secs;
+        let cost = self
+            .cost_ms
+            .get(method)
+            .copied()
+            .unwrap_or(self.default_cost_ms)
+            / 1000.0
+            + real_secs;
         let minute = (now / 60.0).floor() as i64;
-        let q = self.usage.entry((actor.to_string(), method.to_string())).or_default();
+        let q = self
+            .usage
+            .entry((actor.to_string(), method.to_string()))
+            .or_default();
         match q.back_mut() {
             Some((m, s)) if *m == minute => *s += cost,
             _ => q.push_back((minute, cost)),

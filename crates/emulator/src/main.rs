@@ -7,7 +7,11 @@ use b24emu::{Emulator, EmulatorConfig};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "b24emu", version, about = "Emulator of Bitrix24 portals and their OAuth server")]
+#[command(
+    name = "b24emu",
+    version,
+    about = "Emulator of Bitrix24 portals and their OAuth server"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -42,9 +46,19 @@ enum Cmd {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("B24EMU_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("B24EMU_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .init();
-    let Cmd::Serve { listen, https_listen, cert_dir, oauth_listen, seed, config } = Cli::parse().cmd;
+    let Cmd::Serve {
+        listen,
+        https_listen,
+        cert_dir,
+        oauth_listen,
+        seed,
+        config,
+    } = Cli::parse().cmd;
     let mut cfg = match config {
         Some(path) => EmulatorConfig::from_toml(&std::fs::read_to_string(path)?)?,
         None => EmulatorConfig::default(),

@@ -8,7 +8,10 @@ use crate::codec::{param, scalar_str};
 use crate::state::Farm;
 
 fn err(status: u16, code: &str, description: &str) -> (u16, Value) {
-    (status, json!({"error": code, "error_description": description}))
+    (
+        status,
+        json!({"error": code, "error_description": description}),
+    )
 }
 
 /// `/oauth/token/` for both grants. Refresh tokens and codes are single use.
@@ -24,14 +27,22 @@ pub fn token(farm: &mut Farm, p: &Map<String, Value>) -> (u16, Value) {
     let invalid_client = farm.cfg.statuses.oauth_invalid_client;
     match farm.apps.get(&client_id) {
         Some(a) if a.client_secret == secret => {}
-        _ => return err(invalid_client, "invalid_client", "Invalid client credentials"),
+        _ => {
+            return err(
+                invalid_client,
+                "invalid_client",
+                "Invalid client credentials",
+            );
+        }
     }
     let now = farm.now();
     let grant_row = match grant.as_str() {
         "refresh_token" => {
             let t = get("refresh_token");
             match farm.refresh_tokens.get(&t) {
-                Some(r) if r.client_id == client_id && r.expires > now => farm.refresh_tokens.remove(&t),
+                Some(r) if r.client_id == client_id && r.expires > now => {
+                    farm.refresh_tokens.remove(&t)
+                }
                 _ => return err(400, "invalid_grant", "Invalid refresh token"),
             }
         }
@@ -44,12 +55,23 @@ pub fn token(farm: &mut Farm, p: &Map<String, Value>) -> (u16, Value) {
         }
         _ => return err(400, "unsupported_grant_type", "Unsupported grant type"),
     };
-    let Some(g) = grant_row else { return err(400, "invalid_grant", "Invalid grant") };
-    let Some(inst) = farm.portals.get(&g.member_id).and_then(|p| p.installs.get(&client_id)).filter(|i| i.active) else {
+    let Some(g) = grant_row else {
+        return err(400, "invalid_grant", "Invalid grant");
+    };
+    let Some(inst) = farm
+        .portals
+        .get(&g.member_id)
+        .and_then(|p| p.installs.get(&client_id))
+        .filter(|i| i.active)
+    else {
         return err(401, "NOT_INSTALLED", "Application not installed");
     };
     if inst.payment_expired && inst.days.is_some_and(|d| d < -14) {
-        return err(farm.cfg.statuses.payment_required, "PAYMENT_REQUIRED", "Payment required");
+        return err(
+            farm.cfg.statuses.payment_required,
+            "PAYMENT_REQUIRED",
+            "Payment required",
+        );
     }
     let status = inst.status.clone();
     let (access, refresh, expires) = farm.issue_pair(&g.member_id, &client_id, g.user_id);
@@ -77,13 +99,23 @@ pub fn app_info(farm: &mut Farm, token: Option<String>) -> (u16, Value) {
         return err(401, "invalid_token", "The access token provided is invalid");
     };
     if t.expires <= farm.now() {
-        return err(401, "expired_token", "The access token provided has expired.");
+        return err(
+            401,
+            "expired_token",
+            "The access token provided has expired.",
+        );
     }
-    let Some(p) = farm.portals.get(&t.member_id) else { return err(401, "invalid_token", "Portal not found") };
+    let Some(p) = farm.portals.get(&t.member_id) else {
+        return err(401, "invalid_token", "Portal not found");
+    };
     let Some(i) = p.installs.get(&t.client_id).filter(|i| i.active) else {
         return err(401, "NOT_INSTALLED", "Application not installed");
     };
-    let scope = farm.apps.get(&t.client_id).map(|a| a.scopes.join(",")).unwrap_or_default();
+    let scope = farm
+        .apps
+        .get(&t.client_id)
+        .map(|a| a.scopes.join(","))
+        .unwrap_or_default();
     let base = farm.portal_base(p);
     let ce = farm.client_endpoint(p);
     let result = json!({
@@ -95,5 +127,8 @@ pub fn app_info(farm: &mut Farm, token: Option<String>) -> (u16, Value) {
         },
     });
     let now = farm.now_f();
-    (200, json!({"result": result, "time": crate::rest::time_block(now, now, 0.0, now as i64 + 600)}))
+    (
+        200,
+        json!({"result": result, "time": crate::rest::time_block(now, now, 0.0, now as i64 + 600)}),
+    )
 }

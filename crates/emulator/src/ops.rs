@@ -14,8 +14,8 @@ use crate::codec;
 use crate::config::{EmulatorConfig, UpdateEvent};
 use crate::events::Initiator;
 use crate::state::{
-    App, AppKind, Binding, Confirmation, DeliveryRecord, FaultSpec, Farm, Install, Job, OfflineQueue, Plan,
-    Portal, PortalLimits, RefreshToken, Webhook,
+    App, AppKind, Binding, Confirmation, DeliveryRecord, Farm, FaultSpec, Install, Job,
+    OfflineQueue, Plan, Portal, PortalLimits, RefreshToken, Webhook,
 };
 
 /// State shared by every listener and worker.
@@ -34,7 +34,11 @@ impl Shared {
         g.now_us = self.clock.now_us();
         g.hit_notified.clear();
         let out = f(&mut g);
-        let jobs = if g.pending.is_empty() { Vec::new() } else { std::mem::take(&mut g.pending) };
+        let jobs = if g.pending.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut g.pending)
+        };
         drop(g);
         for j in jobs {
             let _ = self.jobs.send(j);
@@ -52,7 +56,11 @@ fn scopes_de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     }
     Ok(match Option::<S>::deserialize(d)? {
         None => Vec::new(),
-        Some(S::One(s)) => s.split([',', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        Some(S::One(s)) => s
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         Some(S::Many(v)) => v,
     })
 }
@@ -278,7 +286,10 @@ pub struct ClockSpec {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn not_found(what: &str, id: &str) -> EmuError {
@@ -305,13 +316,21 @@ impl Farm {
         };
         let client_id = match spec.client_id {
             Some(c) if !c.is_empty() => c,
-            _ => format!("{prefix}.{}.{:08}", self.hex(7), self.rng_u32() % 100_000_000),
+            _ => format!(
+                "{prefix}.{}.{:08}",
+                self.hex(7),
+                self.rng_u32() % 100_000_000
+            ),
         };
         if self.apps.contains_key(&client_id) {
             return Err(EmuError::Conflict(format!("app {client_id} exists")));
         }
         let client_secret = spec.client_secret.unwrap_or_else(|| self.alnum(50));
-        let scopes = if spec.scopes.is_empty() { vec!["crm".to_string()] } else { spec.scopes };
+        let scopes = if spec.scopes.is_empty() {
+            vec!["crm".to_string()]
+        } else {
+            spec.scopes
+        };
         let app = App {
             id,
             client_id: client_id.clone(),
@@ -339,7 +358,9 @@ impl Farm {
             None => format!("portal{}", self.portals.len() + 1),
         };
         if !valid_name(&name) {
-            return Err(EmuError::Invalid(format!("portal name {name:?}: use [a-z0-9-]")));
+            return Err(EmuError::Invalid(format!(
+                "portal name {name:?}: use [a-z0-9-]"
+            )));
         }
         if self.by_name.contains_key(&name) {
             return Err(EmuError::Conflict(format!("portal {name} exists")));
@@ -384,7 +405,11 @@ impl Farm {
             https,
             plan: spec.plan,
             features: spec.features.into_iter().collect(),
-            admins: spec.admins.unwrap_or_else(|| vec![1]).into_iter().collect::<BTreeSet<_>>(),
+            admins: spec
+                .admins
+                .unwrap_or_else(|| vec![1])
+                .into_iter()
+                .collect::<BTreeSet<_>>(),
             deleted: false,
             installs: HashMap::new(),
             bindings: Vec::new(),
@@ -412,10 +437,21 @@ impl Farm {
             .unwrap_or(1)
     }
 
-    pub(crate) fn token_info(&mut self, member_id: &str, client_id: &str, user_id: u64) -> Result<TokenInfo, EmuError> {
+    pub(crate) fn token_info(
+        &mut self,
+        member_id: &str,
+        client_id: &str,
+        user_id: u64,
+    ) -> Result<TokenInfo, EmuError> {
         let (access, refresh, expires) = self.issue_pair(member_id, client_id, user_id);
-        let p = self.portals.get(member_id).ok_or_else(|| not_found("portal", member_id))?;
-        let i = p.installs.get(client_id).ok_or_else(|| not_found("install", client_id))?;
+        let p = self
+            .portals
+            .get(member_id)
+            .ok_or_else(|| not_found("portal", member_id))?;
+        let i = p
+            .installs
+            .get(client_id)
+            .ok_or_else(|| not_found("install", client_id))?;
         Ok(TokenInfo {
             access_token: access,
             refresh_token: refresh,
@@ -429,7 +465,11 @@ impl Farm {
             server_endpoint: self.server_endpoint(),
             application_token: i.application_token.clone(),
             status: i.status.clone(),
-            scope: self.apps.get(client_id).map(|a| a.scopes.join(",")).unwrap_or_default(),
+            scope: self
+                .apps
+                .get(client_id)
+                .map(|a| a.scopes.join(","))
+                .unwrap_or_default(),
         })
     }
 
@@ -449,7 +489,9 @@ impl Farm {
             .installs
             .get(client_id)
             .filter(|i| i.active)
-            .ok_or_else(|| EmuError::Conflict(format!("app {client_id} is not installed on {member_id}")))
+            .ok_or_else(|| {
+                EmuError::Conflict(format!("app {client_id} is not installed on {member_id}"))
+            })
     }
 
     fn install_mut(&mut self, member_id: &str, client_id: &str) -> &mut Install {
@@ -469,9 +511,15 @@ impl Farm {
         self.check_portal_app(member_id, &spec.client_id)?;
         let app = self.apps[&spec.client_id].clone();
         let user = spec.user_id.unwrap_or_else(|| self.first_admin(member_id));
-        let existing = self.portals[member_id].installs.get(&app.client_id).cloned();
+        let existing = self.portals[member_id]
+            .installs
+            .get(&app.client_id)
+            .cloned();
         if existing.as_ref().is_some_and(|i| i.active) {
-            return Err(EmuError::Conflict(format!("app {} already installed; use update or reinstall", app.client_id)));
+            return Err(EmuError::Conflict(format!(
+                "app {} already installed; use update or reinstall",
+                app.client_id
+            )));
         }
         let app_token = match &existing {
             Some(i) if !self.cfg.rotate_application_token => i.application_token.clone(),
@@ -495,14 +543,27 @@ impl Farm {
             event_tokens: HashMap::new(),
             installed_by: user,
         };
-        self.portals.get_mut(member_id).expect("checked").installs.insert(app.client_id.clone(), install);
+        self.portals
+            .get_mut(member_id)
+            .expect("checked")
+            .installs
+            .insert(app.client_id.clone(), install);
         let tokens = self.token_info(member_id, &app.client_id, user)?;
         if app.installer {
             self.installer_post(member_id, &app.client_id, &tokens);
         } else {
             // Flow A: the install URL is registered as an ONAPPINSTALL handler (§3.2).
             if !app.install_url.is_empty() {
-                self.add_binding(member_id, &app.client_id, "ONAPPINSTALL", &app.install_url, 0, false, "", None);
+                self.add_binding(
+                    member_id,
+                    &app.client_id,
+                    "ONAPPINSTALL",
+                    &app.install_url,
+                    0,
+                    false,
+                    "",
+                    None,
+                );
             }
             self.fire_install_event(member_id, &app.client_id, user);
         }
@@ -533,7 +594,9 @@ impl Farm {
         min_timeout: Option<f64>,
     ) -> bool {
         let id = self.next_binding_id;
-        let Some(p) = self.portals.get_mut(member_id) else { return false };
+        let Some(p) = self.portals.get_mut(member_id) else {
+            return false;
+        };
         if p.bindings.iter().any(|b| {
             b.client_id == client_id
                 && b.event == event
@@ -567,7 +630,11 @@ impl Farm {
         }
         let app_sid = self.hex(16);
         let p = &self.portals[member_id];
-        let protocol = if self.client_endpoint(p).starts_with("https") { "1" } else { "0" };
+        let protocol = if self.client_endpoint(p).starts_with("https") {
+            "1"
+        } else {
+            "0"
+        };
         let sep = if install_url.contains('?') { '&' } else { '?' };
         let url = format!(
             "{}{sep}DOMAIN={}&PROTOCOL={protocol}&LANG={}&APP_SID={app_sid}",
@@ -586,7 +653,9 @@ impl Farm {
         body.insert("status".into(), json!(t.status));
         body.insert("PLACEMENT".into(), json!("DEFAULT"));
         let ts = self.now();
-        self.pending.push(Job::installer(member_id, client_id, url, body, ts));
+        self.stats.deliveries_queued += 1;
+        self.pending
+            .push(Job::installer(member_id, client_id, url, body, ts));
     }
 
     /// installFinish (flow B): INSTALLED=Y, then ONAPPINSTALL to the handlers bound so far.
@@ -639,7 +708,16 @@ impl Farm {
                 self.installer_post(member_id, &client, &t);
             } else {
                 if !install_url.is_empty() {
-                    self.add_binding(member_id, &client, "ONAPPINSTALL", &install_url, 0, false, "", None);
+                    self.add_binding(
+                        member_id,
+                        &client,
+                        "ONAPPINSTALL",
+                        &install_url,
+                        0,
+                        false,
+                        "",
+                        None,
+                    );
                 }
                 self.fire_install_event(member_id, &client, user);
             }
@@ -671,10 +749,24 @@ impl Farm {
     }
 
     /// Reinstall: uninstall (CLEAN=0) when still installed, then install.
-    pub fn reinstall(&mut self, member_id: &str, spec: InstallSpec) -> Result<InstallInfo, EmuError> {
+    pub fn reinstall(
+        &mut self,
+        member_id: &str,
+        spec: InstallSpec,
+    ) -> Result<InstallInfo, EmuError> {
         self.check_portal_app(member_id, &spec.client_id)?;
-        if self.portals[member_id].installs.get(&spec.client_id).is_some_and(|i| i.active) {
-            self.uninstall(member_id, UninstallSpec { client_id: spec.client_id.clone(), clean: false })?;
+        if self.portals[member_id]
+            .installs
+            .get(&spec.client_id)
+            .is_some_and(|i| i.active)
+        {
+            self.uninstall(
+                member_id,
+                UninstallSpec {
+                    client_id: spec.client_id.clone(),
+                    clean: false,
+                },
+            )?;
         }
         self.install(member_id, spec)
     }
@@ -694,7 +786,12 @@ impl Farm {
         let expires = self.now() + self.cfg.auth_code_lifetime_secs as i64;
         self.codes.insert(
             code.clone(),
-            RefreshToken { member_id: member_id.into(), client_id: spec.client_id, user_id: user, expires },
+            RefreshToken {
+                member_id: member_id.into(),
+                client_id: spec.client_id,
+                user_id: user,
+                expires,
+            },
         );
         Ok(code)
     }
@@ -709,16 +806,27 @@ impl Farm {
         let prefix = match ent.as_str() {
             "deal" | "lead" | "contact" | "company" => format!("ONCRM{}", ent.to_ascii_uppercase()),
             "task" => "ONTASK".to_string(),
-            _ => return Err(EmuError::Invalid(format!("entity {ent:?}: deal, lead, contact, company, task"))),
+            _ => {
+                return Err(EmuError::Invalid(format!(
+                    "entity {ent:?}: deal, lead, contact, company, task"
+                )));
+            }
         };
         let suffix = match act.as_str() {
             "add" => "ADD",
             "update" => "UPDATE",
             "delete" => "DELETE",
-            _ => return Err(EmuError::Invalid(format!("action {act:?}: add, update, delete"))),
+            _ => {
+                return Err(EmuError::Invalid(format!(
+                    "action {act:?}: add, update, delete"
+                )));
+            }
         };
         let event = format!("{prefix}{suffix}");
-        let initiator = Initiator { client_id: spec.client_id.clone(), connector: spec.auth_connector.clone() };
+        let initiator = Initiator {
+            client_id: spec.client_id.clone(),
+            connector: spec.auth_connector.clone(),
+        };
         let mut ids = Vec::new();
         let count = spec.count.max(1);
         let user = spec.user_id;
@@ -738,7 +846,9 @@ impl Farm {
             let p = &self.portals[member_id];
             ids = match spec.id {
                 Some(id) => vec![id],
-                None if ent == "deal" => p.deals.keys().rev().take(count as usize).copied().collect(),
+                None if ent == "deal" => {
+                    p.deals.keys().rev().take(count as usize).copied().collect()
+                }
                 None => {
                     let n = p.entity_counters.get(&ent).copied().unwrap_or(0);
                     (n.saturating_sub(count) + 1..=n).rev().collect()
@@ -766,7 +876,11 @@ impl Farm {
     pub fn confirm(&mut self, member_id: &str, spec: ConfirmSpec) -> Result<usize, EmuError> {
         self.active_install(member_id, &spec.client_id)?;
         let method = spec.method.to_ascii_lowercase();
-        let state = if spec.confirmed { Confirmation::Confirmed } else { Confirmation::Denied };
+        let state = if spec.confirmed {
+            Confirmation::Confirmed
+        } else {
+            Confirmation::Denied
+        };
         let inst = self.install_mut(member_id, &spec.client_id);
         let mut tokens = Vec::new();
         for ((tok, m), st) in inst.confirmations.iter_mut() {
@@ -777,18 +891,33 @@ impl Farm {
         }
         for tok in &tokens {
             let data = json!({"TOKEN": tok, "METHOD": method, "CONFIRMED": if spec.confirmed {"1"} else {"0"}, "LANGUAGE_ID": self.lang()});
-            self.fire_app(member_id, &spec.client_id, "ONAPPMETHODCONFIRM", data, 0, true);
+            self.fire_app(
+                member_id,
+                &spec.client_id,
+                "ONAPPMETHODCONFIRM",
+                data,
+                0,
+                true,
+            );
         }
         Ok(tokens.len())
     }
 
     /// Domain rename: the old host (and path prefix) answer 302 to the new one.
     pub fn rename(&mut self, member_id: &str, spec: RenameSpec) -> Result<PortalInfo, EmuError> {
-        let p = self.portals.get(member_id).ok_or_else(|| not_found("portal", member_id))?;
-        let (old_name, old_domain, host_mode, https) = (p.name.clone(), p.domain.clone(), p.host_mode, p.https);
+        let p = self
+            .portals
+            .get(member_id)
+            .ok_or_else(|| not_found("portal", member_id))?;
+        let (old_name, old_domain, host_mode, https) =
+            (p.name.clone(), p.domain.clone(), p.host_mode, p.https);
         let new_name = match (&spec.name, &spec.domain) {
             (Some(n), _) => n.to_ascii_lowercase(),
-            (None, Some(d)) if !host_mode => d.split(['.', ':']).next().unwrap_or("").to_ascii_lowercase(),
+            (None, Some(d)) if !host_mode => d
+                .split(['.', ':'])
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase(),
             _ => old_name.clone(),
         };
         if !valid_name(&new_name) {
@@ -813,7 +942,8 @@ impl Farm {
         }
         if new_domain != old_domain {
             self.by_host.remove(&old_domain);
-            self.by_host.insert(new_domain.clone(), member_id.to_string());
+            self.by_host
+                .insert(new_domain.clone(), member_id.to_string());
             self.moved_hosts.insert(old_domain, member_id.to_string());
             self.moved_hosts.remove(&new_domain);
         }
@@ -825,15 +955,30 @@ impl Farm {
     }
 
     /// Creates an incoming webhook; returns its base URL (`…/rest/{user_id}/{code}/`).
-    pub fn create_webhook(&mut self, member_id: &str, spec: WebhookSpec) -> Result<Value, EmuError> {
+    pub fn create_webhook(
+        &mut self,
+        member_id: &str,
+        spec: WebhookSpec,
+    ) -> Result<Value, EmuError> {
         if !self.portals.contains_key(member_id) {
             return Err(not_found("portal", member_id));
         }
         let user = spec.user_id.unwrap_or_else(|| self.first_admin(member_id));
         let code = self.alnum(16).to_ascii_lowercase();
-        let scopes = if spec.scopes.is_empty() { vec!["crm".to_string()] } else { spec.scopes };
+        let scopes = if spec.scopes.is_empty() {
+            vec!["crm".to_string()]
+        } else {
+            spec.scopes
+        };
         let p = self.portals.get_mut(member_id).expect("checked");
-        p.webhooks.insert(code.clone(), Webhook { user_id: user, code: code.clone(), scopes: scopes.clone() });
+        p.webhooks.insert(
+            code.clone(),
+            Webhook {
+                user_id: user,
+                code: code.clone(),
+                scopes: scopes.clone(),
+            },
+        );
         let p = &self.portals[member_id];
         let url = format!("{}{}/{}/", self.client_endpoint(p), user, code);
         Ok(json!({"url": url, "user_id": user, "code": code, "scopes": scopes}))
@@ -909,9 +1054,16 @@ impl Farm {
     }
 
     /// Switches and sizes a portal's limits.
-    pub fn set_limits(&mut self, member_id: &str, spec: LimitsSpec) -> Result<PortalLimits, EmuError> {
+    pub fn set_limits(
+        &mut self,
+        member_id: &str,
+        spec: LimitsSpec,
+    ) -> Result<PortalLimits, EmuError> {
         let now = self.now_f();
-        let p = self.portals.get_mut(member_id).ok_or_else(|| not_found("portal", member_id))?;
+        let p = self
+            .portals
+            .get_mut(member_id)
+            .ok_or_else(|| not_found("portal", member_id))?;
         let l = &mut p.limits;
         if let Some(v) = spec.rate_limit {
             l.rate_enabled = v;
@@ -944,14 +1096,20 @@ impl Farm {
 
     /// Marks a portal deleted (REST answers `PORTAL_DELETED`).
     pub fn delete_portal(&mut self, member_id: &str) -> Result<(), EmuError> {
-        let p = self.portals.get_mut(member_id).ok_or_else(|| not_found("portal", member_id))?;
+        let p = self
+            .portals
+            .get_mut(member_id)
+            .ok_or_else(|| not_found("portal", member_id))?;
         p.deleted = true;
         Ok(())
     }
 
     /// The state of one portal as the control API shows it.
     pub fn portal_state(&self, member_id: &str) -> Result<Value, EmuError> {
-        let p = self.portals.get(member_id).ok_or_else(|| not_found("portal", member_id))?;
+        let p = self
+            .portals
+            .get(member_id)
+            .ok_or_else(|| not_found("portal", member_id))?;
         let now = self.now();
         let mut apps = Vec::new();
         let mut clients: Vec<&String> = p.installs.keys().collect();
@@ -961,14 +1119,42 @@ impl Farm {
             let (mut valid, mut expired) = (0, 0);
             for t in self.tokens.values() {
                 if t.member_id == p.member_id && t.client_id == *c {
-                    if t.expires > now { valid += 1 } else { expired += 1 }
+                    if t.expires > now {
+                        valid += 1
+                    } else {
+                        expired += 1
+                    }
                 }
             }
-            let refresh = self.refresh_tokens.values().filter(|t| t.member_id == p.member_id && t.client_id == *c).count();
-            let online: Vec<Value> = p.bindings.iter().filter(|b| b.client_id == *c && !b.offline).map(|b| json!(b)).collect();
-            let offline: Vec<Value> = p.bindings.iter().filter(|b| b.client_id == *c && b.offline).map(|b| json!(b)).collect();
-            let placements: Vec<Value> = p.placements.iter().filter(|b| b.client_id == *c).map(|b| json!(b)).collect();
-            let rows: Vec<_> = p.offline.rows.values().filter(|r| r.client_id == *c).collect();
+            let refresh = self
+                .refresh_tokens
+                .values()
+                .filter(|t| t.member_id == p.member_id && t.client_id == *c)
+                .count();
+            let online: Vec<Value> = p
+                .bindings
+                .iter()
+                .filter(|b| b.client_id == *c && !b.offline)
+                .map(|b| json!(b))
+                .collect();
+            let offline: Vec<Value> = p
+                .bindings
+                .iter()
+                .filter(|b| b.client_id == *c && b.offline)
+                .map(|b| json!(b))
+                .collect();
+            let placements: Vec<Value> = p
+                .placements
+                .iter()
+                .filter(|b| b.client_id == *c)
+                .map(|b| json!(b))
+                .collect();
+            let rows: Vec<_> = p
+                .offline
+                .rows
+                .values()
+                .filter(|r| r.client_id == *c)
+                .collect();
             let confirmations: Vec<Value> = i
                 .confirmations
                 .iter()
@@ -1002,8 +1188,15 @@ impl Farm {
 
     /// Delivery records of a portal with id > `since`.
     pub fn deliveries(&self, member_id: &str, since: u64) -> Result<Vec<DeliveryRecord>, EmuError> {
-        let p = self.portals.get(member_id).ok_or_else(|| not_found("portal", member_id))?;
-        Ok(p.deliveries.iter().filter(|d| d.id > since).cloned().collect())
+        let p = self
+            .portals
+            .get(member_id)
+            .ok_or_else(|| not_found("portal", member_id))?;
+        Ok(p.deliveries
+            .iter()
+            .filter(|d| d.id > since)
+            .cloned()
+            .collect())
     }
 
     /// Farm counters.
@@ -1018,7 +1211,11 @@ impl Farm {
 
 fn entity_event_data(entity: &str, action: &str, id: u64) -> Value {
     if entity == "task" {
-        let key = if action == "delete" { "FIELDS_BEFORE" } else { "FIELDS_AFTER" };
+        let key = if action == "delete" {
+            "FIELDS_BEFORE"
+        } else {
+            "FIELDS_AFTER"
+        };
         json!({ key: {"ID": id} })
     } else {
         json!({"FIELDS": {"ID": id}})

@@ -30,13 +30,19 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, tok) = v.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim().to_string())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| tok.trim().to_string())
 }
 
 fn host(headers: &HeaderMap, uri: &Uri) -> String {
@@ -48,11 +54,21 @@ fn host(headers: &HeaderMap, uri: &Uri) -> String {
         .unwrap_or_default()
 }
 
-async fn rest_common(shared: &Shared, route: Route, tail: String, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn rest_common(
+    shared: &Shared,
+    route: Route,
+    tail: String,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let req = RestRequest {
         route,
         tail,
-        path_and_query: uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+        path_and_query: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
         query: uri.query().unwrap_or("").as_bytes().to_vec(),
         json_body: is_json(&headers),
         body: body.to_vec(),
@@ -76,16 +92,33 @@ async fn rest_by_name(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    rest_common(&s, Route::Name(name.to_ascii_lowercase()), tail, uri, headers, body).await
+    rest_common(
+        &s,
+        Route::Name(name.to_ascii_lowercase()),
+        tail,
+        uri,
+        headers,
+        body,
+    )
+    .await
 }
 
-async fn rest_by_host(State(s): State<AppState>, Path(tail): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn rest_by_host(
+    State(s): State<AppState>,
+    Path(tail): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let h = host(&headers, &uri);
     rest_common(&s, Route::Host(h), tail, uri, headers, body).await
 }
 
 async fn not_found() -> Response {
-    json_response(404, r#"{"error":"NOT_FOUND","error_description":"Not found"}"#.to_string())
+    json_response(
+        404,
+        r#"{"error":"NOT_FOUND","error_description":"Not found"}"#.to_string(),
+    )
 }
 
 /// The router of the portal listeners (HTTP and HTTPS).
@@ -98,14 +131,27 @@ pub(crate) fn portal_router(shared: AppState) -> Router {
         .with_state(shared)
 }
 
-fn oauth_params(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> serde_json::Map<String, serde_json::Value> {
+fn oauth_params(
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut p = codec::decode_form(uri.query().unwrap_or("").as_bytes());
-    let b = if is_json(headers) { codec::decode_json(body).unwrap_or_default() } else { codec::decode_form(body) };
+    let b = if is_json(headers) {
+        codec::decode_json(body).unwrap_or_default()
+    } else {
+        codec::decode_form(body)
+    };
     p.extend(b);
     p
 }
 
-async fn oauth_token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn oauth_token(
+    State(s): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let p = oauth_params(&uri, &headers, &body);
     let (status, v) = s.with(|f| crate::oauth::token(f, &p));
     json_response(status, v.to_string())
@@ -122,11 +168,16 @@ async fn oauth_rest(
     let _ = method;
     let m = tail.trim_end_matches(".json").to_ascii_lowercase();
     if m != "app.info" {
-        return json_response(404, r#"{"error":"ERROR_METHOD_NOT_FOUND","error_description":"Method not found!"}"#.into());
+        return json_response(
+            404,
+            r#"{"error":"ERROR_METHOD_NOT_FOUND","error_description":"Method not found!"}"#.into(),
+        );
     }
     let p = oauth_params(&uri, &headers, &body);
     let token = bearer(&headers).or_else(|| {
-        codec::param(&p, "auth").or_else(|| codec::param(&p, "access_token")).and_then(codec::scalar_str)
+        codec::param(&p, "auth")
+            .or_else(|| codec::param(&p, "access_token"))
+            .and_then(codec::scalar_str)
     });
     let (status, v) = s.with(|f| crate::oauth::app_info(f, token));
     json_response(status, v.to_string())
@@ -143,7 +194,11 @@ pub(crate) fn oauth_router(shared: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `stop` flips.
-pub(crate) async fn serve_http(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
     let _ = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -169,7 +224,9 @@ pub(crate) async fn serve_https(
         let router = router.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(stream).await else { return };
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
             let svc = hyper_util::service::TowerToHyperService::new(router);
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);

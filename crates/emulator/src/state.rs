@@ -260,6 +260,8 @@ pub struct Stats {
     pub query_limit_errors: u64,
     pub operation_limit_errors: u64,
     pub operating_secs: f64,
+    /// Deliveries handed to the worker (events and installer POSTs).
+    pub deliveries_queued: u64,
     pub deliveries_ok: u64,
     pub deliveries_failed: u64,
     pub faults_injected: u64,
@@ -364,7 +366,12 @@ impl Farm {
     }
 
     /// Issues an access/refresh pair. Returns (access, refresh, expires).
-    pub fn issue_pair(&mut self, member_id: &str, client_id: &str, user_id: u64) -> (String, String, i64) {
+    pub fn issue_pair(
+        &mut self,
+        member_id: &str,
+        client_id: &str,
+        user_id: u64,
+    ) -> (String, String, i64) {
         let access = self.issue_access(member_id, client_id, user_id);
         let refresh = self.hex(35);
         let expires = self.now() + self.cfg.access_token_lifetime_secs as i64;
@@ -432,7 +439,9 @@ impl Farm {
     /// Portal base URL (`client_endpoint` minus `rest/`).
     pub fn portal_base(&self, p: &Portal) -> String {
         let ce = self.client_endpoint(p);
-        ce.trim_end_matches("rest/").trim_end_matches('/').to_string()
+        ce.trim_end_matches("rest/")
+            .trim_end_matches('/')
+            .to_string()
     }
 
     /// `server_endpoint` = `{oauth}/rest/` in every payload.

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -40,8 +41,14 @@ impl Ca {
     pub fn generate() -> Result<Ca, EmuError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "b24emu local CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "b24emu local CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate().map_err(tls_err)?;
         let cert = params.self_signed(&key).map_err(tls_err)?;
         let pem = cert.pem();
@@ -66,7 +73,12 @@ impl Ca {
     /// The certificate for `name` (a DNS name or an IP), issued once and cached.
     pub fn certified_key(&self, name: &str) -> Result<Arc<CertifiedKey>, EmuError> {
         let name = name.to_ascii_lowercase();
-        if let Some(k) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&name) {
+        if let Some(k) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+        {
             return Ok(k.clone());
         }
         let sans = if name == "127.0.0.1" {
@@ -75,15 +87,23 @@ impl Ca {
             vec![name.clone()]
         };
         let mut params = CertificateParams::new(sans).map_err(tls_err)?;
-        params.distinguished_name.push(DnType::CommonName, name.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.as_str());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().map_err(tls_err)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(tls_err)?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(tls_err)?;
-        let ck = Arc::new(CertifiedKey::new(vec![cert.der().clone(), self.ca_der.clone()], signer));
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(name, ck.clone());
+        let ck = Arc::new(CertifiedKey::new(
+            vec![cert.der().clone(), self.ca_der.clone()],
+            signer,
+        ));
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, ck.clone());
         Ok(ck)
     }
 }

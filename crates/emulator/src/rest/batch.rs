@@ -13,8 +13,15 @@ const MAX: usize = 50;
 
 pub(super) fn run(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Done, RestError> {
     let entries: Vec<(String, String)> = match param(p, "cmd") {
-        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), scalar_str(v).unwrap_or_default())).collect(),
-        Some(Value::Array(a)) => a.iter().enumerate().map(|(i, v)| (i.to_string(), scalar_str(v).unwrap_or_default())).collect(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), scalar_str(v).unwrap_or_default()))
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), scalar_str(v).unwrap_or_default()))
+            .collect(),
         _ => return Err(RestError::arg_empty("CMD")),
     };
     let halt = param(p, "halt").is_some_and(truthy);
@@ -22,7 +29,11 @@ pub(super) fn run(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
         (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
     for (n, (key, cmd)) in entries.into_iter().enumerate() {
         if n >= MAX {
-            let e = RestError::new(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded");
+            let e = RestError::new(
+                400,
+                "ERROR_BATCH_LENGTH_EXCEEDED",
+                "Max batch length exceeded",
+            );
             errors.insert(key, e.to_json());
             continue;
         }
@@ -32,7 +43,11 @@ pub(super) fn run(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
             method.truncate(method.len() - 5);
         }
         if matches!(method.as_str(), "batch" | "upload" | "download") {
-            let e = RestError::new(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage");
+            let e = RestError::new(
+                405,
+                "ERROR_BATCH_METHOD_NOT_ALLOWED",
+                "Method is not allowed for batch usage",
+            );
             errors.insert(key, e.to_json());
             if halt {
                 break;
@@ -53,7 +68,10 @@ pub(super) fn run(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
                 if let Some(nx) = done.next {
                     nexts.insert(key.clone(), json!(nx));
                 }
-                times.insert(key.clone(), time_block(start, start + t0.elapsed().as_secs_f64(), op, reset));
+                times.insert(
+                    key.clone(),
+                    time_block(start, start + t0.elapsed().as_secs_f64(), op, reset),
+                );
                 results.insert(key, done.result);
             }
             Err(e) => {
@@ -141,9 +159,15 @@ mod tests {
 
     #[test]
     fn substitutes_references() {
-        let results = json!({"a": {"ID": "7", "L": [{"ID": 3}]}, "b": 5}).as_object().unwrap().clone();
+        let results = json!({"a": {"ID": "7", "L": [{"ID": 3}]}, "b": 5})
+            .as_object()
+            .unwrap()
+            .clone();
         let mut v = json!({"id": "$result[b]", "x": "id=$result[a][ID]&y=$result[a][L][0][ID]", "m": "$result[a]", "z": "$result[nope]"});
         substitute(&mut v, &results);
-        assert_eq!(v, json!({"id": 5, "x": "id=7&y=3", "m": {"ID": "7", "L": [{"ID": 3}]}, "z": "$result[nope]"}));
+        assert_eq!(
+            v,
+            json!({"id": 5, "x": "id=7&y=3", "m": {"ID": "7", "L": [{"ID": 3}]}, "z": "$result[nope]"})
+        );
     }
 }

@@ -68,7 +68,12 @@ fn to_field(v: &Value) -> Value {
 
 impl Farm {
     /// Adds a deal; returns its id. Fires nothing (callers fire the event).
-    pub(crate) fn deal_add(&mut self, member_id: &str, fields: Map<String, Value>, user: u64) -> u64 {
+    pub(crate) fn deal_add(
+        &mut self,
+        member_id: &str,
+        fields: Map<String, Value>,
+        user: u64,
+    ) -> u64 {
         let now = iso8601(self.now());
         let p = self.portals.get_mut(member_id).expect("portal");
         p.next_deal_id += 1;
@@ -102,9 +107,19 @@ impl Farm {
     }
 
     /// Updates a deal; false when it does not exist.
-    pub(crate) fn deal_update(&mut self, member_id: &str, id: u64, fields: &Map<String, Value>, user: u64) -> bool {
+    pub(crate) fn deal_update(
+        &mut self,
+        member_id: &str,
+        id: u64,
+        fields: &Map<String, Value>,
+        user: u64,
+    ) -> bool {
         let now = iso8601(self.now());
-        let Some(d) = self.portals.get_mut(member_id).and_then(|p| p.deals.get_mut(&id)) else {
+        let Some(d) = self
+            .portals
+            .get_mut(member_id)
+            .and_then(|p| p.deals.get_mut(&id))
+        else {
             return false;
         };
         for (k, v) in fields {
@@ -145,7 +160,11 @@ pub(super) fn add(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
     Ok(json!(id))
 }
 
-pub(super) fn update(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, RestError> {
+pub(super) fn update(
+    farm: &mut Farm,
+    ctx: &Ctx,
+    p: &Map<String, Value>,
+) -> Result<Value, RestError> {
     let id = id_param(p)?;
     let f = fields_param(p);
     if !farm.deal_update(&ctx.member_id, id, &f, ctx.user_id) {
@@ -157,12 +176,23 @@ pub(super) fn update(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Resu
 
 pub(super) fn get(farm: &Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, RestError> {
     let id = id_param(p)?;
-    farm.portals[&ctx.member_id].deals.get(&id).map(|d| Value::Object(d.clone())).ok_or_else(not_found)
+    farm.portals[&ctx.member_id]
+        .deals
+        .get(&id)
+        .map(|d| Value::Object(d.clone()))
+        .ok_or_else(not_found)
 }
 
-pub(super) fn delete(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, RestError> {
+pub(super) fn delete(
+    farm: &mut Farm,
+    ctx: &Ctx,
+    p: &Map<String, Value>,
+) -> Result<Value, RestError> {
     let id = id_param(p)?;
-    let removed = farm.portals.get_mut(&ctx.member_id).and_then(|x| x.deals.remove(&id));
+    let removed = farm
+        .portals
+        .get_mut(&ctx.member_id)
+        .and_then(|x| x.deals.remove(&id));
     if removed.is_none() {
         return Err(not_found());
     }
@@ -189,14 +219,27 @@ fn matches(deal: &Map<String, Value>, key: &str, want: &Value) -> bool {
         Some(l) => l.into_iter().filter_map(scalar_str).collect(),
         None => scalar_str(want).into_iter().collect(),
     };
-    let eq = |w: &String| cmp_values(have, w) == Some(Ordering::Equal) || (have.is_null() && w.is_empty());
+    let eq = |w: &String| {
+        cmp_values(have, w) == Some(Ordering::Equal) || (have.is_null() && w.is_empty())
+    };
     match op {
         "" | "=" | "@" => wants.iter().any(eq),
         "!" | "!=" | "!@" => !wants.iter().any(eq),
-        ">" => wants.first().is_some_and(|w| cmp_values(have, w) == Some(Ordering::Greater)),
-        "<" => wants.first().is_some_and(|w| cmp_values(have, w) == Some(Ordering::Less)),
-        ">=" => wants.first().is_some_and(|w| matches!(cmp_values(have, w), Some(Ordering::Greater | Ordering::Equal))),
-        "<=" => wants.first().is_some_and(|w| matches!(cmp_values(have, w), Some(Ordering::Less | Ordering::Equal))),
+        ">" => wants
+            .first()
+            .is_some_and(|w| cmp_values(have, w) == Some(Ordering::Greater)),
+        "<" => wants
+            .first()
+            .is_some_and(|w| cmp_values(have, w) == Some(Ordering::Less)),
+        ">=" => wants.first().is_some_and(|w| {
+            matches!(
+                cmp_values(have, w),
+                Some(Ordering::Greater | Ordering::Equal)
+            )
+        }),
+        "<=" => wants
+            .first()
+            .is_some_and(|w| matches!(cmp_values(have, w), Some(Ordering::Less | Ordering::Equal))),
         "%" => {
             let h = scalar_str(have).unwrap_or_default().to_lowercase();
             wants.first().is_some_and(|w| h.contains(&w.to_lowercase()))
@@ -206,7 +249,10 @@ fn matches(deal: &Map<String, Value>, key: &str, want: &Value) -> bool {
 }
 
 fn split_op(key: &str) -> (&str, &str) {
-    let n = key.bytes().take_while(|b| matches!(b, b'=' | b'!' | b'<' | b'>' | b'@' | b'%')).count();
+    let n = key
+        .bytes()
+        .take_while(|b| matches!(b, b'=' | b'!' | b'<' | b'>' | b'@' | b'%'))
+        .count();
     (&key[..n], &key[n..])
 }
 
@@ -219,22 +265,37 @@ pub(super) fn list(farm: &Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Don
     let order: Vec<(String, bool)> = match param(p, "order") {
         Some(Value::Object(o)) => o
             .iter()
-            .map(|(k, v)| (k.to_ascii_uppercase(), scalar_str(v).is_some_and(|d| d.eq_ignore_ascii_case("desc"))))
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_uppercase(),
+                    scalar_str(v).is_some_and(|d| d.eq_ignore_ascii_case("desc")),
+                )
+            })
             .collect(),
         _ => vec![],
     };
     let select: Vec<String> = param(p, "select")
         .and_then(list_values)
-        .map(|l| l.into_iter().filter_map(scalar_str).map(|s| s.to_ascii_uppercase()).collect())
+        .map(|l| {
+            l.into_iter()
+                .filter_map(scalar_str)
+                .map(|s| s.to_ascii_uppercase())
+                .collect()
+        })
         .unwrap_or_default();
     let start = param(p, "start").and_then(int).unwrap_or(0);
-    let mut rows: Vec<&Map<String, Value>> =
-        portal.deals.values().filter(|d| filter.iter().all(|(k, v)| matches(d, k, v))).collect();
+    let mut rows: Vec<&Map<String, Value>> = portal
+        .deals
+        .values()
+        .filter(|d| filter.iter().all(|(k, v)| matches(d, k, v)))
+        .collect();
     if !order.is_empty() {
         rows.sort_by(|a, b| {
             for (f, desc) in &order {
                 let av = a.get(f).and_then(scalar_str).unwrap_or_default();
-                let o = cmp_values(b.get(f).unwrap_or(&Value::Null), &av).map(Ordering::reverse).unwrap_or(Ordering::Equal);
+                let o = cmp_values(b.get(f).unwrap_or(&Value::Null), &av)
+                    .map(Ordering::reverse)
+                    .unwrap_or(Ordering::Equal);
                 let o = if *desc { o.reverse() } else { o };
                 if o != Ordering::Equal {
                     return o;
@@ -259,11 +320,24 @@ pub(super) fn list(farm: &Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Don
     if start < 0 {
         // start=-1: no counting, no next/total (huge-data.md).
         let page: Vec<Value> = rows.iter().take(PAGE).map(|d| project(d)).collect();
-        return Ok(Done { result: json!(page), next: None, total: None });
+        return Ok(Done {
+            result: json!(page),
+            next: None,
+            total: None,
+        });
     }
     let start = start as usize;
     let total = rows.len();
-    let page: Vec<Value> = rows.iter().skip(start).take(PAGE).map(|d| project(d)).collect();
+    let page: Vec<Value> = rows
+        .iter()
+        .skip(start)
+        .take(PAGE)
+        .map(|d| project(d))
+        .collect();
     let next = (start + PAGE < total).then_some((start + PAGE) as u64);
-    Ok(Done { result: json!(page), next, total: Some(total as u64) })
+    Ok(Done {
+        result: json!(page),
+        next,
+        total: Some(total as u64),
+    })
 }

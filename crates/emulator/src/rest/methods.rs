@@ -20,7 +20,11 @@ pub(crate) struct MethodDef {
 }
 
 const fn m(name: &'static str, scope: Option<&'static str>) -> MethodDef {
-    MethodDef { name, scope, confirm: false }
+    MethodDef {
+        name,
+        scope,
+        confirm: false,
+    }
 }
 
 /// Every method, lower case.
@@ -56,13 +60,35 @@ pub(crate) const METHODS: &[MethodDef] = &[
     m("crm.deal.delete", Some("crm")),
     m("crm.deal.list", Some("crm")),
     m("crm.deal.fields", Some("crm")),
-    MethodDef { name: "voximplant.user.get", scope: Some("telephony"), confirm: true },
+    MethodDef {
+        name: "voximplant.user.get",
+        scope: Some("telephony"),
+        confirm: true,
+    },
 ];
 
 /// All scopes a portal offers (`scope` with `full=true`).
 pub(crate) const ALL_SCOPES: &[&str] = &[
-    "app", "bizproc", "calendar", "crm", "department", "disk", "entity", "im", "imopenlines", "lists", "log",
-    "placement", "pull", "sonet_group", "task", "telephony", "user", "user_basic", "user_brief", "userfieldconfig",
+    "app",
+    "bizproc",
+    "calendar",
+    "crm",
+    "department",
+    "disk",
+    "entity",
+    "im",
+    "imopenlines",
+    "lists",
+    "log",
+    "placement",
+    "pull",
+    "sonet_group",
+    "task",
+    "telephony",
+    "user",
+    "user_basic",
+    "user_brief",
+    "userfieldconfig",
 ];
 
 /// Placement codes and the scope each needs besides `placement`.
@@ -82,7 +108,12 @@ pub(crate) fn method_def(name: &str) -> Option<&'static MethodDef> {
     METHODS.iter().find(|d| d.name == name)
 }
 
-pub(super) fn dispatch(farm: &mut Farm, ctx: &Ctx, method: &str, p: &Map<String, Value>) -> Result<Done, RestError> {
+pub(super) fn dispatch(
+    farm: &mut Farm,
+    ctx: &Ctx,
+    method: &str,
+    p: &Map<String, Value>,
+) -> Result<Done, RestError> {
     Ok(match method {
         "app.info" => app_info(farm, ctx)?.into(),
         "app.option.get" => option_get(farm, ctx, p)?.into(),
@@ -115,7 +146,13 @@ pub(super) fn dispatch(farm: &mut Farm, ctx: &Ctx, method: &str, p: &Map<String,
         "crm.deal.list" => super::crm::list(farm, ctx, p)?,
         "crm.deal.fields" => super::crm::fields().into(),
         "voximplant.user.get" => voximplant_user_get(p).into(),
-        _ => return Err(RestError::new(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")),
+        _ => {
+            return Err(RestError::new(
+                404,
+                "ERROR_METHOD_NOT_FOUND",
+                "Method not found!",
+            ));
+        }
     })
 }
 
@@ -201,7 +238,9 @@ fn methods(ctx: &Ctx, p: &Map<String, Value>) -> Value {
 fn method_get(ctx: &Ctx, p: &Map<String, Value>) -> Value {
     let name = str_param(p, "name").to_ascii_lowercase();
     match method_def(&name) {
-        Some(d) if !name.is_empty() => json!({"isExisting": true, "isAvailable": d.scope.is_none_or(|s| ctx.has_scope(s))}),
+        Some(d) if !name.is_empty() => {
+            json!({"isExisting": true, "isAvailable": d.scope.is_none_or(|s| ctx.has_scope(s))})
+        }
         _ => json!({"isExisting": false, "isAvailable": false}),
     }
 }
@@ -217,7 +256,11 @@ fn feature_get(farm: &Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, 
 
 fn user_json(farm: &Farm, ctx: &Ctx, id: u64) -> Value {
     let p = &farm.portals[&ctx.member_id];
-    let (name, last) = if p.admins.contains(&id) { ("Admin", format!("User{id}")) } else { ("Employee", format!("User{id}")) };
+    let (name, last) = if p.admins.contains(&id) {
+        ("Admin", format!("User{id}"))
+    } else {
+        ("Employee", format!("User{id}"))
+    };
     json!({
         "ID": id.to_string(), "XML_ID": "", "ACTIVE": true, "NAME": name, "LAST_NAME": last,
         "SECOND_NAME": "", "EMAIL": format!("user{id}@{}", p.domain.split(':').next().unwrap_or("")),
@@ -229,7 +272,14 @@ fn user_json(farm: &Farm, ctx: &Ctx, id: u64) -> Value {
 
 fn users(farm: &Farm, ctx: &Ctx) -> Vec<u64> {
     let p = &farm.portals[&ctx.member_id];
-    let max = p.admins.iter().copied().max().unwrap_or(1).max(3).max(ctx.user_id);
+    let max = p
+        .admins
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(3)
+        .max(ctx.user_id);
     (1..=max).collect()
 }
 
@@ -256,7 +306,11 @@ fn user_get(farm: &Farm, ctx: &Ctx, p: &Map<String, Value>) -> Done {
     let total = all.len() as u64;
     let page: Vec<Value> = all.into_iter().skip(start).take(50).collect();
     let next = (start as u64 + 50 < total).then_some(start as u64 + 50);
-    Done { result: json!(page), next, total: Some(total) }
+    Done {
+        result: json!(page),
+        next,
+        total: Some(total),
+    }
 }
 
 fn events(ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, RestError> {
@@ -283,7 +337,11 @@ pub(crate) fn check_handler(url: &str) -> Result<(), RestError> {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let hostport = authority.rsplit('@').next().unwrap_or("");
     let host = if hostport.starts_with('[') {
-        hostport.split(']').next().unwrap_or("").trim_start_matches('[')
+        hostport
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('[')
     } else {
         hostport.split(':').next().unwrap_or("")
     };
@@ -291,7 +349,11 @@ pub(crate) fn check_handler(url: &str) -> Result<(), RestError> {
         return Err(wrong());
     }
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return Err(RestError::new(400, "ERROR_UNSUPPORTED_PROTOCOL", "Unsupported protocol"));
+        return Err(RestError::new(
+            400,
+            "ERROR_UNSUPPORTED_PROTOCOL",
+            "Unsupported protocol",
+        ));
     }
     Ok(())
 }
@@ -306,7 +368,11 @@ fn offline_type(p: &Map<String, Value>) -> Result<bool, RestError> {
 
 fn connector_param(farm: &Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<String, RestError> {
     let c = str_param(p, "auth_connector");
-    if !c.is_empty() && !farm.portals[&ctx.member_id].features.contains("rest_auth_connector") {
+    if !c.is_empty()
+        && !farm.portals[&ctx.member_id]
+            .features
+            .contains("rest_auth_connector")
+    {
         return Err(RestError::new(
             403,
             "WRONG_LICENSE",
@@ -330,10 +396,15 @@ fn event_bind(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Valu
     let connector = connector_param(farm, ctx, p)?;
     let handler = if offline {
         if !ctx.is_admin {
-            return Err(RestError::access_denied("Offline events binding requires administrator access rights"));
+            return Err(RestError::access_denied(
+                "Offline events binding requires administrator access rights",
+            ));
         }
         if !def.offline_allowed {
-            return Err(RestError::argument("EVENT_TYPE", "Offline event cannot be registered for this event."));
+            return Err(RestError::argument(
+                "EVENT_TYPE",
+                "Offline event cannot be registered for this event.",
+            ));
         }
         auth_type = 0;
         String::new()
@@ -346,17 +417,32 @@ fn event_bind(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Valu
         h
     };
     if auth_type > 0 && auth_type != ctx.user_id && !ctx.is_admin {
-        return Err(RestError::access_denied("Event binding with AUTH_TYPE requires administrator access rights"));
+        return Err(RestError::access_denied(
+            "Event binding with AUTH_TYPE requires administrator access rights",
+        ));
     }
     let min_timeout = match param(p, "options") {
-        Some(Value::Object(o)) if def.name == "ONOFFLINEEVENT" => {
-            param(o, "minTimeout").and_then(int).map(|v| v.max(0) as f64)
-        }
+        Some(Value::Object(o)) if def.name == "ONOFFLINEEVENT" => param(o, "minTimeout")
+            .and_then(int)
+            .map(|v| v.max(0) as f64),
         _ => None,
     };
     let connector = if offline { connector } else { String::new() };
-    if !farm.add_binding(&ctx.member_id, &client, def.name, &handler, auth_type, offline, &connector, min_timeout) {
-        return Err(RestError::new(400, "ERROR_CORE", "Unable to set event handler: Handler already binded"));
+    if !farm.add_binding(
+        &ctx.member_id,
+        &client,
+        def.name,
+        &handler,
+        auth_type,
+        offline,
+        &connector,
+        min_timeout,
+    ) {
+        return Err(RestError::new(
+            400,
+            "ERROR_CORE",
+            "Unable to set event handler: Handler already binded",
+        ));
     }
     Ok(json!(true))
 }
@@ -373,7 +459,9 @@ fn event_unbind(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Va
         return Err(RestError::arg_empty("HANDLER"));
     }
     if offline && !ctx.is_admin {
-        return Err(RestError::access_denied("Offline events unbinding requires administrator access rights"));
+        return Err(RestError::access_denied(
+            "Offline events unbinding requires administrator access rights",
+        ));
     }
     let auth_type = param(p, "auth_type").and_then(int).unwrap_or(0).max(0) as u64;
     let connector = connector_param(farm, ctx, p)?;
@@ -411,13 +499,23 @@ fn event_test(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Valu
     let mut query = p.clone();
     query.retain(|k, _| !k.eq_ignore_ascii_case("auth") && !k.eq_ignore_ascii_case("access_token"));
     let data = json!({"QUERY": php_array(query), "LANGUAGE_ID": farm.cfg.language_id});
-    farm.fire_app(&ctx.member_id, &client, "ONAPPTEST", data, ctx.user_id, true);
+    farm.fire_app(
+        &ctx.member_id,
+        &client,
+        "ONAPPTEST",
+        data,
+        ctx.user_id,
+        true,
+    );
     Ok(json!(1))
 }
 
 /// Fires an entity event caused by this REST call (initiator = the calling app).
 pub(super) fn fire_from_call(farm: &mut Farm, ctx: &Ctx, event: &str, data: Value) {
-    let initiator = Initiator { client_id: ctx.client_id().map(str::to_string), connector: ctx.connector.clone() };
+    let initiator = Initiator {
+        client_id: ctx.client_id().map(str::to_string),
+        connector: ctx.connector.clone(),
+    };
     farm.fire_entity(&ctx.member_id, event, data, ctx.user_id, &initiator);
 }
 
@@ -435,24 +533,38 @@ fn placement_bind(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
         .find(|(c, _)| *c == code)
         .filter(|(_, s)| s.is_none_or(|s| ctx.has_scope(s)));
     if known.is_none() {
-        return Err(RestError::new(400, "ERROR_PLACEMENT_NOT_FOUND", "Placement not found"));
+        return Err(RestError::new(
+            400,
+            "ERROR_PLACEMENT_NOT_FOUND",
+            "Placement not found",
+        ));
     }
     let handler = str_param(p, "handler");
     if handler.is_empty() {
-        return Err(RestError::new(400, "EMPTY_ERROR_HANDLER_URL", "Empty handler URL"));
+        return Err(RestError::new(
+            400,
+            "EMPTY_ERROR_HANDLER_URL",
+            "Empty handler URL",
+        ));
     }
     check_handler(&handler)?;
     let user_id = param(p, "user_id").and_then(int).unwrap_or(0).max(0) as u64;
     if user_id > 0 && code != "PAGE_BACKGROUND_WORKER" {
-        return Err(RestError::new(400, "ERROR_PLACEMENT_USER_MODE", "User mode is not available."));
+        return Err(RestError::new(
+            400,
+            "ERROR_PLACEMENT_USER_MODE",
+            "User mode is not available.",
+        ));
     }
     let portal = farm.portals.get_mut(&ctx.member_id).expect("portal");
-    if portal
-        .placements
-        .iter()
-        .any(|x| x.client_id == client && x.placement == code && x.handler == handler && x.user_id == user_id)
-    {
-        return Err(RestError::new(400, "ERROR_CORE", "Unable to set placement handler: Handler already binded"));
+    if portal.placements.iter().any(|x| {
+        x.client_id == client && x.placement == code && x.handler == handler && x.user_id == user_id
+    }) {
+        return Err(RestError::new(
+            400,
+            "ERROR_CORE",
+            "Unable to set placement handler: Handler already binded",
+        ));
     }
     portal.placements.push(Placement {
         client_id: client,
@@ -468,7 +580,11 @@ fn placement_bind(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
     Ok(json!(true))
 }
 
-fn placement_unbind(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, RestError> {
+fn placement_unbind(
+    farm: &mut Farm,
+    ctx: &Ctx,
+    p: &Map<String, Value>,
+) -> Result<Value, RestError> {
     let client = ctx.app()?.to_string();
     if !ctx.is_admin {
         return Err(RestError::access_denied(""));
@@ -523,7 +639,9 @@ fn placement_list(ctx: &Ctx, p: &Map<String, Value>) -> Value {
 
 fn voximplant_user_get(p: &Map<String, Value>) -> Value {
     let ids: Vec<i64> = match param(p, "user_id") {
-        Some(v) => list_values(v).map(|l| l.into_iter().filter_map(int).collect()).unwrap_or_else(|| int(v).into_iter().collect()),
+        Some(v) => list_values(v)
+            .map(|l| l.into_iter().filter_map(int).collect())
+            .unwrap_or_else(|| int(v).into_iter().collect()),
         None => vec![],
     };
     let rows: Vec<Value> = ids
@@ -535,4 +653,3 @@ fn voximplant_user_get(p: &Map<String, Value>) -> Value {
         .collect();
     json!(rows)
 }
-

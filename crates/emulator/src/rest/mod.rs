@@ -29,7 +29,12 @@ pub struct RestError {
 
 impl RestError {
     pub fn new(status: u16, code: &str, description: impl Into<String>) -> Self {
-        RestError { status, code: code.to_string(), description: description.into(), argument: None }
+        RestError {
+            status,
+            code: code.to_string(),
+            description: description.into(),
+            argument: None,
+        }
     }
 
     /// `ERROR_ARGUMENT` "Argument 'X' is null or empty" with `argument`.
@@ -52,11 +57,19 @@ impl RestError {
     }
 
     pub fn wrong_auth_type() -> Self {
-        RestError::new(403, "WRONG_AUTH_TYPE", "Current authorization type is denied for this method")
+        RestError::new(
+            403,
+            "WRONG_AUTH_TYPE",
+            "Current authorization type is denied for this method",
+        )
     }
 
     pub fn access_denied(detail: &str) -> Self {
-        let d = if detail.is_empty() { "Access denied!".to_string() } else { format!("Access denied! {detail}") };
+        let d = if detail.is_empty() {
+            "Access denied!".to_string()
+        } else {
+            format!("Access denied! {detail}")
+        };
         RestError::new(403, "ACCESS_DENIED", d)
     }
 
@@ -81,10 +94,13 @@ pub struct Done {
 
 impl From<Value> for Done {
     fn from(result: Value) -> Self {
-        Done { result, next: None, total: None }
+        Done {
+            result,
+            next: None,
+            total: None,
+        }
     }
 }
-
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -128,7 +144,9 @@ impl Ctx {
 
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| {
-            s == scope || (scope == "user" && (s == "user_basic" || s == "user_brief")) || (scope == "user_brief" && s == "user")
+            s == scope
+                || (scope == "user" && (s == "user_basic" || s == "user_brief"))
+                || (scope == "user_brief" && s == "user")
         })
     }
 }
@@ -164,7 +182,11 @@ pub struct RestResponse {
 
 impl RestResponse {
     fn json(status: u16, v: &Value) -> Self {
-        RestResponse { status, body: v.to_string(), location: None }
+        RestResponse {
+            status,
+            body: v.to_string(),
+            location: None,
+        }
     }
 
     fn error(e: &RestError) -> Self {
@@ -210,7 +232,10 @@ fn split_tail(tail: &str) -> (Option<(u64, String)>, String) {
     let t = tail.trim_matches('/');
     let parts: Vec<&str> = t.splitn(3, '/').collect();
     let (hook, m) = if parts.len() == 3 && parts[0].bytes().all(|b| b.is_ascii_digit()) {
-        (parts[0].parse().ok().map(|u| (u, parts[1].to_string())), parts[2])
+        (
+            parts[0].parse().ok().map(|u| (u, parts[1].to_string())),
+            parts[2],
+        )
     } else {
         (None, t)
     };
@@ -239,7 +264,11 @@ pub async fn handle(shared: &Shared, req: RestRequest) -> RestResponse {
             match codec::decode_json(&req.body) {
                 Ok(b) => b,
                 Err(_) => {
-                    return RestResponse::error(&RestError::new(400, "INVALID_REQUEST", "Invalid JSON body"));
+                    return RestResponse::error(&RestError::new(
+                        400,
+                        "INVALID_REQUEST",
+                        "Invalid JSON body",
+                    ));
                 }
             }
         } else {
@@ -263,11 +292,19 @@ pub async fn handle(shared: &Shared, req: RestRequest) -> RestResponse {
         let member = match resolve(farm, &req.route, &req.path_and_query) {
             Ok(Resolved::Portal(m)) => m,
             Ok(Resolved::Moved(to)) => {
-                return Err(RestResponse { status: 302, body: String::new(), location: Some(to) });
+                return Err(RestResponse {
+                    status: 302,
+                    body: String::new(),
+                    location: Some(to),
+                });
             }
             Err(e) => return Err(RestResponse::error(&e)),
         };
-        let f = farm.faults_portal.get(&member).unwrap_or(&farm.faults_global).clone();
+        let f = farm
+            .faults_portal
+            .get(&member)
+            .unwrap_or(&farm.faults_global)
+            .clone();
         let mut roll = FaultRoll::None;
         if f.error_rate > 0.0 && farm.rng.random_bool(f.error_rate) {
             roll = FaultRoll::Error;
@@ -310,7 +347,10 @@ pub async fn handle(shared: &Shared, req: RestRequest) -> RestResponse {
             if let Some(t) = done.total {
                 m.insert("total".into(), json!(t));
             }
-            m.insert("time".into(), time_block(start, finish, operating, reset_at));
+            m.insert(
+                "time".into(),
+                time_block(start, finish, operating, reset_at),
+            );
             RestResponse::json(200, &Value::Object(m))
         }
         Err(e) => RestResponse::error(&e),
@@ -374,10 +414,18 @@ fn call_inner(
     {
         let p = farm.portals.get_mut(member).expect("resolved portal");
         if p.deleted {
-            return Err(RestError::new(farm.cfg.statuses.portal_deleted, "PORTAL_DELETED", "Portal was deleted"));
+            return Err(RestError::new(
+                farm.cfg.statuses.portal_deleted,
+                "PORTAL_DELETED",
+                "Portal was deleted",
+            ));
         }
         if !p.limits.admit(now) {
-            return Err(RestError::new(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"));
+            return Err(RestError::new(
+                503,
+                "QUERY_LIMIT_EXCEEDED",
+                "Too many requests",
+            ));
         }
     }
     let mut ctx = authenticate(farm, member, hook, token)?;
@@ -386,7 +434,12 @@ fn call_inner(
     }
     if method == "batch" {
         let done = batch::run(farm, &ctx, params)?;
-        let (op, reset) = farm.portals.get_mut(member).expect("portal").limits.operating(&ctx.actor_key(), method, now);
+        let (op, reset) = farm
+            .portals
+            .get_mut(member)
+            .expect("portal")
+            .limits
+            .operating(&ctx.actor_key(), method, now);
         return Ok((done, op, reset));
     }
     let (done, op, reset) = call_method(farm, &ctx, method, params, started)?;
@@ -407,7 +460,11 @@ pub(crate) fn call_method(
     if let Some(scope) = def.scope
         && !ctx.has_scope(scope)
     {
-        let what = if matches!(ctx.actor, Actor::Webhook { .. }) { "webhook token" } else { "access token" };
+        let what = if matches!(ctx.actor, Actor::Webhook { .. }) {
+            "webhook token"
+        } else {
+            "access token"
+        };
         return Err(RestError::new(
             farm.cfg.statuses.insufficient_scope,
             "insufficient_scope",
@@ -416,15 +473,28 @@ pub(crate) fn call_method(
     }
     let now = farm.now_f();
     let actor = ctx.actor_key();
-    if farm.portals.get_mut(&ctx.member_id).expect("portal").limits.blocked(&actor, method, now) {
-        return Err(RestError::new(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit."));
+    if farm
+        .portals
+        .get_mut(&ctx.member_id)
+        .expect("portal")
+        .limits
+        .blocked(&actor, method, now)
+    {
+        return Err(RestError::new(
+            429,
+            "OPERATION_TIME_LIMIT",
+            "Method is blocked due to operation time limit.",
+        ));
     }
     if def.confirm {
         check_confirmation(farm, ctx, method)?;
     }
     let t0 = Instant::now();
     let done = methods::dispatch(farm, ctx, method, params)?;
-    let real = t0.elapsed().as_secs_f64().min(started.elapsed().as_secs_f64());
+    let real = t0
+        .elapsed()
+        .as_secs_f64()
+        .min(started.elapsed().as_secs_f64());
     let limits = &mut farm.portals.get_mut(&ctx.member_id).expect("portal").limits;
     let charged = limits.charge(&actor, method, now, real);
     let (op, reset) = limits.operating(&actor, method, now);
@@ -434,7 +504,9 @@ pub(crate) fn call_method(
 
 /// Method confirmation (§9): first call → waiting (401), decision → 200 or 403.
 fn check_confirmation(farm: &mut Farm, ctx: &Ctx, method: &str) -> Result<(), RestError> {
-    let Actor::App { client_id, token } = &ctx.actor else { return Ok(()) };
+    let Actor::App { client_id, token } = &ctx.actor else {
+        return Ok(());
+    };
     let inst = farm
         .portals
         .get_mut(&ctx.member_id)
@@ -446,17 +518,34 @@ fn check_confirmation(farm: &mut Farm, ctx: &Ctx, method: &str) -> Result<(), Re
         .or_insert(Confirmation::Waiting);
     match st {
         Confirmation::Confirmed => Ok(()),
-        Confirmation::Waiting => Err(RestError::new(401, "METHOD_CONFIRM_WAITING", "Waiting for confirmation")),
-        Confirmation::Denied => Err(RestError::new(403, "METHOD_CONFIRM_DENIED", "Method call denied")),
+        Confirmation::Waiting => Err(RestError::new(
+            401,
+            "METHOD_CONFIRM_WAITING",
+            "Waiting for confirmation",
+        )),
+        Confirmation::Denied => Err(RestError::new(
+            403,
+            "METHOD_CONFIRM_DENIED",
+            "Method call denied",
+        )),
     }
 }
 
-fn authenticate(farm: &mut Farm, member: &str, hook: Option<(u64, String)>, token: Option<String>) -> Result<Ctx, RestError> {
+fn authenticate(
+    farm: &mut Farm,
+    member: &str,
+    hook: Option<(u64, String)>,
+    token: Option<String>,
+) -> Result<Ctx, RestError> {
     let now = farm.now();
     let no_auth = || RestError::new(401, "NO_AUTH_FOUND", "Wrong authorization data");
     let p = &farm.portals[member];
     if let Some((uid, code)) = hook {
-        let w = p.webhooks.get(&code).filter(|w| w.user_id == uid).ok_or_else(no_auth)?;
+        let w = p
+            .webhooks
+            .get(&code)
+            .filter(|w| w.user_id == uid)
+            .ok_or_else(no_auth)?;
         return Ok(Ctx {
             member_id: member.to_string(),
             actor: Actor::Webhook { code: code.clone() },
@@ -471,9 +560,15 @@ fn authenticate(farm: &mut Farm, member: &str, hook: Option<(u64, String)>, toke
         .tokens
         .get(&token)
         .filter(|t| t.member_id == member)
-        .ok_or_else(|| RestError::new(401, "invalid_token", "The access token provided is invalid"))?;
+        .ok_or_else(|| {
+            RestError::new(401, "invalid_token", "The access token provided is invalid")
+        })?;
     if t.expires <= now {
-        return Err(RestError::new(401, "expired_token", "The access token provided has expired."));
+        return Err(RestError::new(
+            401,
+            "expired_token",
+            "The access token provided has expired.",
+        ));
     }
     let inst = p
         .installs
@@ -481,12 +576,23 @@ fn authenticate(farm: &mut Farm, member: &str, hook: Option<(u64, String)>, toke
         .filter(|i| i.active)
         .ok_or_else(|| RestError::new(401, "APPLICATION_NOT_FOUND", "Application not found"))?;
     if inst.payment_expired && inst.days.is_some_and(|d| d < -14) {
-        return Err(RestError::new(farm.cfg.statuses.payment_required, "PAYMENT_REQUIRED", "Payment required"));
+        return Err(RestError::new(
+            farm.cfg.statuses.payment_required,
+            "PAYMENT_REQUIRED",
+            "Payment required",
+        ));
     }
-    let scopes = farm.apps.get(&t.client_id).map(|a| a.scopes.clone()).unwrap_or_default();
+    let scopes = farm
+        .apps
+        .get(&t.client_id)
+        .map(|a| a.scopes.clone())
+        .unwrap_or_default();
     Ok(Ctx {
         member_id: member.to_string(),
-        actor: Actor::App { client_id: t.client_id.clone(), token },
+        actor: Actor::App {
+            client_id: t.client_id.clone(),
+            token,
+        },
         user_id: t.user_id,
         is_admin: p.admins.contains(&t.user_id),
         scopes,
@@ -499,7 +605,10 @@ pub(crate) fn php_array(m: Map<String, Value>) -> Value {
     if m.is_empty() {
         return Value::Array(Vec::new());
     }
-    if m.keys().enumerate().all(|(i, k)| k.parse::<usize>() == Ok(i)) {
+    if m.keys()
+        .enumerate()
+        .all(|(i, k)| k.parse::<usize>() == Ok(i))
+    {
         return Value::Array(m.into_iter().map(|(_, v)| v).collect());
     }
     Value::Object(m)

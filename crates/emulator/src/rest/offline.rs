@@ -10,7 +10,14 @@ use crate::codec::{int, list_values, param, scalar_str, truthy};
 use crate::state::{Farm, OfflineRow};
 
 const GET_FIELDS: &[&str] = &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID"];
-const LIST_FIELDS: &[&str] = &["ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID", "PROCESS_ID", "ERROR"];
+const LIST_FIELDS: &[&str] = &[
+    "ID",
+    "TIMESTAMP_X",
+    "EVENT_NAME",
+    "MESSAGE_ID",
+    "PROCESS_ID",
+    "ERROR",
+];
 
 struct Cond {
     op: String,
@@ -27,21 +34,39 @@ fn parse_filter(p: &Map<String, Value>, allowed: &[&str]) -> Result<Vec<Cond>, R
     };
     let mut out = Vec::new();
     for (k, v) in f {
-        let n = k.bytes().take_while(|b| matches!(b, b'=' | b'!' | b'<' | b'>' | b'@' | b'%')).count();
+        let n = k
+            .bytes()
+            .take_while(|b| matches!(b, b'=' | b'!' | b'<' | b'>' | b'@' | b'%'))
+            .count();
         let (op, field) = (&k[..n], k[n..].to_ascii_uppercase());
         if !allowed.contains(&field.as_str()) {
-            return Err(RestError::argument("FILTER", format!("Filter field not allowed: {field}")));
+            return Err(RestError::argument(
+                "FILTER",
+                format!("Filter field not allowed: {field}"),
+            ));
         }
         if !matches!(op, "" | "=" | ">" | "<" | ">=" | "<=" | "@" | "%") {
-            return Err(RestError::argument("FILTER", format!("Filter operation not allowed: {op}")));
+            return Err(RestError::argument(
+                "FILTER",
+                format!("Filter operation not allowed: {op}"),
+            ));
         }
-        let value = scalar_str(v).ok_or_else(|| RestError::argument("FILTER", "Filter value must be scalar"))?;
-        out.push(Cond { op: op.to_string(), field, value });
+        let value = scalar_str(v)
+            .ok_or_else(|| RestError::argument("FILTER", "Filter value must be scalar"))?;
+        out.push(Cond {
+            op: op.to_string(),
+            field,
+            value,
+        });
     }
     Ok(out)
 }
 
-fn parse_order(p: &Map<String, Value>, allowed: &[&str], default: &str) -> Result<Vec<(String, bool)>, RestError> {
+fn parse_order(
+    p: &Map<String, Value>,
+    allowed: &[&str],
+    default: &str,
+) -> Result<Vec<(String, bool)>, RestError> {
     let o = match param(p, "order") {
         None => return Ok(vec![(default.to_string(), false)]),
         Some(Value::Object(o)) => o,
@@ -52,13 +77,21 @@ fn parse_order(p: &Map<String, Value>, allowed: &[&str], default: &str) -> Resul
     for (k, v) in o {
         let field = k.to_ascii_uppercase();
         if !allowed.contains(&field.as_str()) {
-            return Err(RestError::argument("ORDER", format!("Order field not allowed: {field}")));
+            return Err(RestError::argument(
+                "ORDER",
+                format!("Order field not allowed: {field}"),
+            ));
         }
         let dir = scalar_str(v).unwrap_or_default().to_ascii_uppercase();
         let desc = match dir.as_str() {
             "ASC" => false,
             "DESC" => true,
-            _ => return Err(RestError::argument("ORDER", "Order direction should be one of {ASC|DESC}")),
+            _ => {
+                return Err(RestError::argument(
+                    "ORDER",
+                    "Order direction should be one of {ASC|DESC}",
+                ));
+            }
         };
         out.push((field, desc));
     }
@@ -106,7 +139,9 @@ fn cond_holds(r: &OfflineRow, c: &Cond) -> bool {
     };
     // Timestamps compare at second precision, as the database stores them.
     let (have, want) = match (have, want) {
-        (Key::N(h), Key::N(w)) if c.field == "TIMESTAMP_X" => (Key::N(h.div_euclid(1_000_000)), Key::N(w / 1_000_000)),
+        (Key::N(h), Key::N(w)) if c.field == "TIMESTAMP_X" => {
+            (Key::N(h.div_euclid(1_000_000)), Key::N(w / 1_000_000))
+        }
         x => x,
     };
     let o = cmp_key(&have, &want);
@@ -127,13 +162,22 @@ fn cond_holds(r: &OfflineRow, c: &Cond) -> bool {
 fn row_json(r: &OfflineRow, extended: bool) -> Value {
     let mut m = Map::new();
     m.insert("ID".into(), json!(r.id.to_string()));
-    m.insert("TIMESTAMP_X".into(), json!(iso8601(r.timestamp_us.div_euclid(1_000_000))));
+    m.insert(
+        "TIMESTAMP_X".into(),
+        json!(iso8601(r.timestamp_us.div_euclid(1_000_000))),
+    );
     m.insert("EVENT_NAME".into(), json!(r.event_name));
     m.insert("EVENT_DATA".into(), r.event_data.clone());
-    m.insert("EVENT_ADDITIONAL".into(), json!({"user_id": r.user_id.to_string()}));
+    m.insert(
+        "EVENT_ADDITIONAL".into(),
+        json!({"user_id": r.user_id.to_string()}),
+    );
     m.insert("MESSAGE_ID".into(), json!(r.message_id));
     if extended {
-        m.insert("PROCESS_ID".into(), json!(r.process_id.clone().unwrap_or_default()));
+        m.insert(
+            "PROCESS_ID".into(),
+            json!(r.process_id.clone().unwrap_or_default()),
+        );
         m.insert("ERROR".into(), json!(if r.error { "1" } else { "0" }));
     }
     Value::Object(m)
@@ -145,16 +189,36 @@ fn gate(farm: &Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<(String, Strin
     if !ctx.is_admin {
         return Err(RestError::access_denied(""));
     }
-    let connector = param(p, "auth_connector").and_then(scalar_str).unwrap_or_default();
-    if !connector.is_empty() && !farm.portals[&ctx.member_id].features.contains("rest_auth_connector") {
-        return Err(RestError::new(403, "WRONG_LICENSE", "This feature is not enabled for the current license: auth connector"));
+    let connector = param(p, "auth_connector")
+        .and_then(scalar_str)
+        .unwrap_or_default();
+    if !connector.is_empty()
+        && !farm.portals[&ctx.member_id]
+            .features
+            .contains("rest_auth_connector")
+    {
+        return Err(RestError::new(
+            403,
+            "WRONG_LICENSE",
+            "This feature is not enabled for the current license: auth connector",
+        ));
     }
     Ok((client, connector))
 }
 
-fn sorted_ids(farm: &Farm, ctx: &Ctx, pred: impl Fn(&OfflineRow) -> bool, conds: &[Cond], order: &[(String, bool)]) -> Vec<u64> {
+fn sorted_ids(
+    farm: &Farm,
+    ctx: &Ctx,
+    pred: impl Fn(&OfflineRow) -> bool,
+    conds: &[Cond],
+    order: &[(String, bool)],
+) -> Vec<u64> {
     let q = &farm.portals[&ctx.member_id].offline;
-    let mut rows: Vec<&OfflineRow> = q.rows.values().filter(|r| pred(r) && conds.iter().all(|c| cond_holds(r, c))).collect();
+    let mut rows: Vec<&OfflineRow> = q
+        .rows
+        .values()
+        .filter(|r| pred(r) && conds.iter().all(|c| cond_holds(r, c)))
+        .collect();
     rows.sort_by(|a, b| {
         for (f, desc) in order {
             let o = cmp_key(&key(a, f), &key(b, f));
@@ -174,13 +238,24 @@ pub(super) fn get(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
         None => 50,
         Some(v) => match int(v) {
             Some(n) if n > 0 => n as usize,
-            _ => return Err(RestError::argument("LIMIT", "Value must be positive integer")),
+            _ => {
+                return Err(RestError::argument(
+                    "LIMIT",
+                    "Value must be positive integer",
+                ));
+            }
         },
     };
     let clear = param(p, "clear").is_none_or(truthy);
     let error = param(p, "error").is_some_and(truthy);
-    let pid = param(p, "process_id").and_then(scalar_str).filter(|s| !s.is_empty());
-    if !clear && !farm.portals[&ctx.member_id].features.contains("rest_offline_extended") {
+    let pid = param(p, "process_id")
+        .and_then(scalar_str)
+        .filter(|s| !s.is_empty());
+    if !clear
+        && !farm.portals[&ctx.member_id]
+            .features
+            .contains("rest_offline_extended")
+    {
         return Err(RestError::new(
             403,
             "WRONG_LICENSE",
@@ -192,33 +267,56 @@ pub(super) fn get(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<
     let mine = |r: &OfflineRow| r.client_id == client && r.connector == connector;
     let (ids, process_id) = match &pid {
         Some(pid) => {
-            let all = sorted_ids(farm, ctx, |r| mine(r) && r.process_id.as_deref() == Some(pid.as_str()), &[], &order);
+            let all = sorted_ids(
+                farm,
+                ctx,
+                |r| mine(r) && r.process_id.as_deref() == Some(pid.as_str()),
+                &[],
+                &order,
+            );
             (all, Some(pid.clone()))
         }
         None => {
-            let ids = sorted_ids(farm, ctx, |r| mine(r) && r.process_id.is_none() && r.error == error, &conds, &order);
+            let ids = sorted_ids(
+                farm,
+                ctx,
+                |r| mine(r) && r.process_id.is_none() && r.error == error,
+                &conds,
+                &order,
+            );
             let ids: Vec<u64> = ids.into_iter().take(limit).collect();
             let pid = (!clear).then(|| farm.alnum(32));
             (ids, pid)
         }
     };
-    let q = &mut farm.portals.get_mut(&ctx.member_id).expect("portal").offline;
+    let q = &mut farm
+        .portals
+        .get_mut(&ctx.member_id)
+        .expect("portal")
+        .offline;
     let mut events = Vec::new();
     for (n, id) in ids.iter().enumerate() {
-        let Some(r) = q.rows.get_mut(id) else { continue };
+        let Some(r) = q.rows.get_mut(id) else {
+            continue;
+        };
         if n < limit {
             events.push(row_json(r, false));
         }
         if !clear && r.process_id.is_none() {
             r.process_id = process_id.clone();
-            q.unreserved.remove(&(r.client_id.clone(), r.connector.clone(), r.message_id.clone()));
+            q.unreserved.remove(&(
+                r.client_id.clone(),
+                r.connector.clone(),
+                r.message_id.clone(),
+            ));
         }
     }
     if clear {
         // With a process_id the whole batch goes, including rows beyond `limit` (§5.6).
         for id in &ids {
             if let Some(r) = q.rows.remove(id) {
-                q.unreserved.remove(&(r.client_id, r.connector, r.message_id));
+                q.unreserved
+                    .remove(&(r.client_id, r.connector, r.message_id));
             }
         }
     }
@@ -240,24 +338,31 @@ fn message_ids(v: &Value) -> Result<Vec<String>, RestError> {
         .collect()
 }
 
-pub(super) fn clear(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, RestError> {
+pub(super) fn clear(
+    farm: &mut Farm,
+    ctx: &Ctx,
+    p: &Map<String, Value>,
+) -> Result<Value, RestError> {
     let (client, connector) = gate(farm, ctx, p)?;
     let pid = process_param(p)?;
-    let ids: Option<Vec<u64>> = match param(p, "id") {
-        Some(v) => Some(
-            list_values(v)
-                .map(|l| l.into_iter().filter_map(int).map(|i| i as u64).collect())
-                .unwrap_or_else(|| int(v).map(|i| i as u64).into_iter().collect()),
-        ),
-        None => None,
-    };
+    let ids: Option<Vec<u64>> = param(p, "id").map(|v| {
+        list_values(v)
+            .map(|l| l.into_iter().filter_map(int).map(|i| i as u64).collect())
+            .unwrap_or_else(|| int(v).map(|i| i as u64).into_iter().collect())
+    });
     let mids = match (&ids, param(p, "message_id")) {
         (None, Some(v)) => Some(message_ids(v)?),
         _ => None,
     };
-    let q = &mut farm.portals.get_mut(&ctx.member_id).expect("portal").offline;
+    let q = &mut farm
+        .portals
+        .get_mut(&ctx.member_id)
+        .expect("portal")
+        .offline;
     q.rows.retain(|id, r| {
-        let in_batch = r.client_id == client && r.connector == connector && r.process_id.as_deref() == Some(pid.as_str());
+        let in_batch = r.client_id == client
+            && r.connector == connector
+            && r.process_id.as_deref() == Some(pid.as_str());
         let selected = match (&ids, &mids) {
             (Some(ids), _) => ids.contains(id),
             (None, Some(m)) => m.contains(&r.message_id),
@@ -268,14 +373,22 @@ pub(super) fn clear(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Resul
     Ok(json!(true))
 }
 
-pub(super) fn error(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result<Value, RestError> {
+pub(super) fn error(
+    farm: &mut Farm,
+    ctx: &Ctx,
+    p: &Map<String, Value>,
+) -> Result<Value, RestError> {
     let (client, connector) = gate(farm, ctx, p)?;
     let pid = process_param(p)?;
     let mids = match param(p, "message_id") {
         Some(v) => message_ids(v)?,
         None => return Err(RestError::arg_empty("MESSAGE_ID")),
     };
-    let q = &mut farm.portals.get_mut(&ctx.member_id).expect("portal").offline;
+    let q = &mut farm
+        .portals
+        .get_mut(&ctx.member_id)
+        .expect("portal")
+        .offline;
     let mut marked = Vec::new();
     for r in q.rows.values_mut() {
         if r.client_id == client
@@ -293,7 +406,9 @@ pub(super) fn error(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Resul
         !(r.error
             && r.client_id == client
             && r.connector == connector
-            && marked.iter().any(|(mid_id, m)| *m == r.message_id && id < mid_id))
+            && marked
+                .iter()
+                .any(|(mid_id, m)| *m == r.message_id && id < mid_id))
     });
     Ok(json!(true))
 }
@@ -302,11 +417,27 @@ pub(super) fn list(farm: &mut Farm, ctx: &Ctx, p: &Map<String, Value>) -> Result
     let (client, connector) = gate(farm, ctx, p)?;
     let conds = parse_filter(p, LIST_FIELDS)?;
     let order = parse_order(p, LIST_FIELDS, "ID")?;
-    let ids = sorted_ids(farm, ctx, |r| r.client_id == client && r.connector == connector, &conds, &order);
+    let ids = sorted_ids(
+        farm,
+        ctx,
+        |r| r.client_id == client && r.connector == connector,
+        &conds,
+        &order,
+    );
     let start = param(p, "start").and_then(int).unwrap_or(0).max(0) as usize;
     let q = &farm.portals[&ctx.member_id].offline;
-    let page: Vec<Value> = ids.iter().skip(start).take(50).filter_map(|id| q.rows.get(id)).map(|r| row_json(r, true)).collect();
+    let page: Vec<Value> = ids
+        .iter()
+        .skip(start)
+        .take(50)
+        .filter_map(|id| q.rows.get(id))
+        .map(|r| row_json(r, true))
+        .collect();
     let total = ids.len();
     let next = (start + 50 < total).then_some((start + 50) as u64);
-    Ok(Done { result: json!(page), next, total: Some(total as u64) })
+    Ok(Done {
+        result: json!(page),
+        next,
+        total: Some(total as u64),
+    })
 }
