@@ -1,1 +1,111 @@
-//! placeholder
+//! `server`: the HTTP surface of b24gate. Thin: it parses, verifies against
+//! the store, writes to the inbox and answers; everything else happens in
+//! jobs (BRIEF §3 invariant 1 — no route here makes an outbound call, and the
+//! server state holds no HTTP client to make one with).
+//!
+//! Map:
+//! - [`app`] builds the router from an [`AppState`]; [`serve`] runs it on a
+//!   bound listener until a shutdown signal (tests use port 0).
+//! - `ingest`: `POST /b24/events` and `POST /b24/install` (both install
+//!   flows), the hot path.
+//! - [`InboxWriter`]: group commit — concurrent requests share one
+//!   transaction (and one fsync) of [`store::Store::append_inbox`].
+//! - [`IngestStats`]: counters by event and outcome.
+
+mod body;
+mod inbox_writer;
+mod ingest;
+mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub use inbox_writer::{InboxWriter, OwnedInboxEvent};
+pub use ingest::{INSTALLER_POST, dedupe_key_online};
+pub use stats::{IngestOutcome, IngestStats};
+
+/// Limits of the Bitrix24-facing routes.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Largest body accepted (413 above it).
+    pub body_limit: usize,
+    /// The whole body must arrive within this (a trickling client is cut off
+    /// with 408).
+    pub body_deadline: Duration,
+    /// Bounds of the form decoder.
+    pub form_limits: wire::Limits,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 1024 * 1024,
+            body_deadline: Duration::from_secs(10),
+            form_limits: wire::Limits::default(),
+        }
+    }
+}
+
+/// A source of Unix milliseconds (tests may pin it).
+pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock as a [`NowFn`].
+pub fn system_now() -> NowFn {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// Everything a request handler may touch: the store (read-only on the hot
+/// path), the inbox writer, limits and counters. Deliberately no HTTP client.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: store::Store,
+    pub inbox: InboxWriter,
+    pub ingest: Arc<IngestConfig>,
+    pub stats: Arc<IngestStats>,
+    pub now: NowFn,
+}
+
+impl AppState {
+    /// Builds the state and starts the inbox writer task on the current runtime.
+    pub fn new(store: store::Store, ingest: IngestConfig) -> AppState {
+        let now = system_now();
+        AppState {
+            inbox: InboxWriter::start(store.clone(), now.clone(), 256),
+            store,
+            ingest: Arc::new(ingest),
+            stats: Arc::new(IngestStats::default()),
+            now,
+        }
+    }
+}
+
+/// The router: Bitrix24-facing routes and health.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/b24/events", post(ingest::events))
+        .route("/b24/install", post(ingest::install))
+        .route("/b24/install/status/{id}", get(ingest::install_status))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then drains
+/// in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -151,6 +151,17 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// The id of the delivery stored under `dedupe_key`, if any.
+    pub async fn find_inbox_id(&self, dedupe_key: &str) -> Result<Option<i64>> {
+        let id = with_pool!(self, read, |p| sqlx::query_scalar(
+            "SELECT id FROM inbox WHERE dedupe_key = $1"
+        )
+        .bind(dedupe_key)
+        .fetch_optional(p)
+        .await)?;
+        Ok(id)
+    }
+
     /// How many deliveries wait to be dispatched.
     pub async fn inbox_depth(&self) -> Result<i64> {
         let n = with_pool!(self, read, |p| sqlx::query_scalar(

@@ -1,0 +1,4 @@
+//! The server driven over real HTTP on loopback, on a real SQLite store.
+
+mod helpers;
+mod ingest;
