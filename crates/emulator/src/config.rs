@@ -73,8 +73,6 @@ pub struct Statuses {
     pub portal_deleted: u16,
     /// OAuth `invalid_client`: PHP-SDK 401, PY-SDK 400.
     pub oauth_invalid_client: u16,
-    /// `ACCESS_DENIED` "Application context required": docs 400, source 403.
-    pub app_context_required: u16,
     /// `PAYMENT_REQUIRED` (SDK: 401).
     pub payment_required: u16,
 }
@@ -85,7 +83,6 @@ impl Default for Statuses {
             insufficient_scope: 403,
             portal_deleted: 500,
             oauth_invalid_client: 401,
-            app_context_required: 400,
             payment_required: 401,
         }
     }
