@@ -4,6 +4,7 @@
 //! that may carry many concurrent requests at once (group commit — one fsync
 //! for the batch, see [`Store::append_inbox`]).
 
+use crate::jobs::{Enqueued, NewJob, insert_job};
 use crate::{Result, Store, StoreError, UnixMillis, with_pool, with_tx};
 
 /// One delivery to store.
@@ -44,6 +45,8 @@ pub struct InboxEvent {
     pub payload: String,
     #[sqlx(default)]
     secrets: Option<Vec<u8>>,
+    /// `pending` → `dispatched` (a job will read it) → `processed` or
+    /// `rejected`.
     pub state: String,
     pub processed_at: Option<i64>,
 }
@@ -136,11 +139,44 @@ impl Store {
             })
     }
 
+    /// Hands a pending delivery on: enqueues the jobs it causes and moves it
+    /// to `state` (`dispatched` when a job will still read it, `processed`
+    /// when the jobs carry all they need) in one transaction, so a crash
+    /// leaves both or neither. False (and nothing enqueued) if it was not
+    /// pending.
+    pub async fn dispatch_inbox(
+        &self,
+        id: i64,
+        state: &str,
+        jobs: &[NewJob<'_>],
+        now: UnixMillis,
+    ) -> Result<Option<Vec<Enqueued>>> {
+        const SQL: &str =
+            "UPDATE inbox SET state = $2, processed_at = $3 WHERE id = $1 AND state = 'pending'";
+        with_tx!(self, |tx| {
+            let n = sqlx::query(SQL)
+                .bind(id)
+                .bind(state)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Ok(None);
+            }
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                out.push(insert_job!(tx, job, now));
+            }
+            Ok::<_, StoreError>(Some(out))
+        })
+    }
+
     /// Marks a delivery `processed` or `rejected`; its secrets are dropped
     /// once it has been handled (they are needed only to verify an install).
     pub async fn finish_inbox(&self, id: i64, state: &str, now: UnixMillis) -> Result<bool> {
         const SQL: &str = "UPDATE inbox SET state = $2, processed_at = $3, secrets = NULL \
-            WHERE id = $1 AND state = 'pending'";
+            WHERE id = $1 AND state IN ('pending', 'dispatched')";
         let n = with_pool!(self, write, |p| sqlx::query(SQL)
             .bind(id)
             .bind(state)

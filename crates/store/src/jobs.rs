@@ -127,6 +127,42 @@ pub(crate) const CANCEL_PORTAL_JOBS: &str = "UPDATE jobs SET state = 'cancelled'
     locked_by = NULL, locked_until = NULL \
     WHERE member_id = $1 AND state IN ('available', 'retryable', 'running')";
 
+pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (kind, member_id, serial_key, unique_key, payload, state, \
+    attempt, max_attempts, run_at, created_at) \
+    VALUES ($1, $2, $3, $4, $5, 'available', 0, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id";
+pub(crate) const EXISTING_JOB: &str = "SELECT id FROM jobs WHERE unique_key = $1 \
+    AND state IN ('available', 'running', 'retryable')";
+
+/// Inserts `$job` inside the transaction `$tx`, or finds the live job with
+/// its `unique_key`; evaluates to [`Enqueued`].
+macro_rules! insert_job {
+    ($tx:ident, $job:expr, $now:expr) => {{
+        let job: &NewJob<'_> = $job;
+        let id: Option<i64> = sqlx::query_scalar($crate::jobs::INSERT_JOB)
+            .bind(job.kind)
+            .bind(job.member_id)
+            .bind(job.serial_key)
+            .bind(job.unique_key)
+            .bind(job.payload.to_string())
+            .bind(job.max_attempts.max(1))
+            .bind(job.run_at)
+            .bind($now)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match id {
+            Some(id) => $crate::jobs::Enqueued::Created(id),
+            None => {
+                let existing: i64 = sqlx::query_scalar($crate::jobs::EXISTING_JOB)
+                    .bind(job.unique_key)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                $crate::jobs::Enqueued::Duplicate(existing)
+            }
+        }
+    }};
+}
+pub(crate) use insert_job;
+
 /// Longest error text kept on a job (the tail is cut).
 const MAX_ERROR_LEN: usize = 2000;
 
@@ -144,33 +180,7 @@ fn clip(s: &str) -> &str {
 impl Store {
     /// Adds a job, or finds the live one with the same `unique_key`.
     pub async fn enqueue_job(&self, job: &NewJob<'_>, now: UnixMillis) -> Result<Enqueued> {
-        const INSERT: &str = "INSERT INTO jobs (kind, member_id, serial_key, unique_key, payload, state, \
-            attempt, max_attempts, run_at, created_at) \
-            VALUES ($1, $2, $3, $4, $5, 'available', 0, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id";
-        const EXISTING: &str = "SELECT id FROM jobs WHERE unique_key = $1 \
-            AND state IN ('available', 'running', 'retryable')";
-        let payload = job.payload.to_string();
-        with_tx!(self, |tx| {
-            let id: Option<i64> = sqlx::query_scalar(INSERT)
-                .bind(job.kind)
-                .bind(job.member_id)
-                .bind(job.serial_key)
-                .bind(job.unique_key)
-                .bind(&payload)
-                .bind(job.max_attempts.max(1))
-                .bind(job.run_at)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(id) = id {
-                return Ok(Enqueued::Created(id));
-            }
-            let existing: i64 = sqlx::query_scalar(EXISTING)
-                .bind(job.unique_key)
-                .fetch_one(&mut *tx)
-                .await?;
-            Ok::<_, StoreError>(Enqueued::Duplicate(existing))
-        })
+        with_tx!(self, |tx| Ok::<_, StoreError>(insert_job!(tx, job, now)))
     }
 
     /// Claims up to `limit` runnable jobs for `worker`, leased for `lease_ms`.

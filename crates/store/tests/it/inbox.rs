@@ -1,8 +1,11 @@
-use store::{Appended, NewInboxEvent};
+use store::{Appended, Enqueued, JobFilter, NewInboxEvent, NewJob};
 
 use crate::common::{T0, TestDb};
 
-crate::conformance!(inbox_batch_dedupes_and_seals_secrets);
+crate::conformance!(
+    inbox_batch_dedupes_and_seals_secrets,
+    dispatch_enqueues_jobs_atomically_once
+);
 
 async fn inbox_batch_dedupes_and_seals_secrets(db: &TestDb) {
     let s = &db.store;
@@ -53,4 +56,68 @@ async fn inbox_batch_dedupes_and_seals_secrets(db: &TestDb) {
     assert_eq!(done.state, "processed");
     assert!(!done.has_secrets(), "secrets are dropped once handled");
     assert_eq!(s.inbox_depth().await.unwrap(), 1);
+}
+
+async fn dispatch_enqueues_jobs_atomically_once(db: &TestDb) {
+    let s = &db.store;
+    let payload = serde_json::json!({"event": "ONAPPINSTALL"});
+    let out = s
+        .append_inbox(
+            &[NewInboxEvent {
+                member_id: "m1",
+                dedupe_key: "k1",
+                event: "ONAPPINSTALL",
+                source: "online",
+                verified: false,
+                ts: None,
+                payload: &payload,
+                secrets: Some("{}"),
+            }],
+            T0,
+        )
+        .await
+        .unwrap();
+    let Appended::Inserted(id) = out[0] else {
+        unreachable!()
+    };
+    let jp = serde_json::json!({"inbox_id": id});
+    let job = NewJob {
+        kind: "install",
+        member_id: Some("m1"),
+        serial_key: Some("portal:m1"),
+        unique_key: Some("install:k1"),
+        payload: &jp,
+        max_attempts: 5,
+        run_at: T0,
+    };
+    let got = s
+        .dispatch_inbox(id, "dispatched", &[job.clone()], T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(got[0], Enqueued::Created(_)));
+    assert_eq!(
+        s.dispatch_inbox(id, "dispatched", &[job], T0)
+            .await
+            .unwrap(),
+        None,
+        "only once"
+    );
+    assert_eq!(s.inbox_depth().await.unwrap(), 0);
+    let row = s.get_inbox(id).await.unwrap().unwrap();
+    assert_eq!(row.state, "dispatched");
+    assert!(
+        row.has_secrets(),
+        "a dispatched delivery keeps its secrets for the job"
+    );
+    assert!(s.finish_inbox(id, "processed", T0 + 1).await.unwrap());
+    assert!(!s.get_inbox(id).await.unwrap().unwrap().has_secrets());
+    let jobs = s
+        .list_jobs(&JobFilter {
+            kind: Some("install"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
 }
