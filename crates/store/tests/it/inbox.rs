@@ -91,7 +91,7 @@ async fn dispatch_enqueues_jobs_atomically_once(db: &TestDb) {
         run_at: T0,
     };
     let got = s
-        .dispatch_inbox(id, "dispatched", &[job.clone()], T0)
+        .dispatch_inbox(id, "dispatched", std::slice::from_ref(&job), T0)
         .await
         .unwrap()
         .unwrap();
