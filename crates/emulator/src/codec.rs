@@ -194,6 +194,38 @@ fn next_index(m: &Map<String, Value>) -> String {
     }
 }
 
+/// Decodes a `multipart/form-data` body (field names may carry PHP brackets). File
+/// parts are kept as their (lossy UTF-8) contents.
+pub fn decode_multipart(input: &[u8], boundary: &str) -> Map<String, Value> {
+    let mut root = Map::new();
+    let delim = format!("--{boundary}");
+    let text = String::from_utf8_lossy(input);
+    for part in text.split(delim.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let Some((head, body)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let name = head.lines().find_map(|l| {
+            let l = l.trim();
+            if !l.to_ascii_lowercase().starts_with("content-disposition:") {
+                return None;
+            }
+            let i = l.find("name=\"")? + 6;
+            let rest = &l[i..];
+            Some(rest[..rest.find('"')?].to_string())
+        });
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let value = body.strip_suffix("\r\n").unwrap_or(body);
+        insert_path(&mut root, &name, value.to_string());
+    }
+    root
+}
+
 /// Decodes a JSON body; a non-object top level yields an empty map.
 pub fn decode_json(input: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {
     match serde_json::from_slice::<Value>(input)? {
@@ -307,6 +339,16 @@ mod tests {
         let v = obj(json!({"cmd": {"a": "crm.deal.get?id=1", "b": "x y"}, "halt": "1"}));
         let back = decode_form(encode_form(&v).as_bytes());
         assert_eq!(Value::Object(back), Value::Object(v));
+    }
+
+    #[test]
+    fn decodes_multipart() {
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"fields[TITLE]\"\r\n\r\nA b\r\n\
+                    --XyZ\r\nContent-Disposition: form-data; name=\"auth\"\r\n\r\ntok\r\n--XyZ--\r\n";
+        assert_eq!(
+            Value::Object(decode_multipart(body.as_bytes(), "XyZ")),
+            json!({"fields": {"TITLE": "A b"}, "auth": "tok"})
+        );
     }
 
     #[test]

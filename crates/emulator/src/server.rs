@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::codec;
 use crate::ops::Shared;
-use crate::rest::{self, RestRequest, Route};
+use crate::rest::{self, BodyKind, RestRequest, Route};
 
 type AppState = Arc<Shared>;
 
@@ -35,6 +35,31 @@ fn is_json(headers: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("application/json")
         })
+}
+
+fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let lower = ct.to_ascii_lowercase();
+    if lower.starts_with("application/json") {
+        BodyKind::Json
+    } else if lower.starts_with("multipart/form-data") {
+        let b = ct
+            .split(';')
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("boundary=")
+                    .map(|b| b.trim_matches('"').to_string())
+            })
+            .unwrap_or_default();
+        BodyKind::Multipart(b)
+    } else {
+        BodyKind::Form
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -70,7 +95,7 @@ async fn rest_common(
             .map(|p| p.as_str().to_string())
             .unwrap_or_default(),
         query: uri.query().unwrap_or("").as_bytes().to_vec(),
-        json_body: is_json(&headers),
+        body_kind: body_kind(&headers),
         body: body.to_vec(),
         bearer: bearer(&headers),
     };

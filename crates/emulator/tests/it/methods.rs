@@ -334,6 +334,22 @@ async fn params_and_token_arrive_in_every_supported_form() {
         ),
         (Some("f 2"), Some("10.5"))
     );
+    // multipart/form-data.
+    let body = format!(
+        "--b1\r\nContent-Disposition: form-data; name=\"auth\"\r\n\r\n{}\r\n--b1\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n{id1}\r\n--b1--\r\n",
+        s.token
+    );
+    let r: Value = c
+        .post(format!("{}crm.deal.get", s.endpoint))
+        .header("content-type", "multipart/form-data; boundary=b1")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["result"]["TITLE"], "q 1");
     // Host routing: the default domain {name}.localhost:{port} routes too.
     let r: Value = c
         .get(format!(
