@@ -61,6 +61,9 @@ pub struct EmulatorConfig {
     /// Whether version updates delete the app's event bindings ([D-EN] event-bind.md says
     /// so, the module source does not; reference §4.1). Default false.
     pub update_removes_bindings: bool,
+    /// Send identical entity deliveries (same binding, user and data) once per "hit"
+    /// (one REST call, batch or control call), as the portal's event buffer does (§2.6).
+    pub dedup_within_hit: bool,
 }
 
 /// Disputed statuses, reference §6.3 / §13. Defaults are the docs column.
@@ -172,6 +175,7 @@ impl Default for EmulatorConfig {
             default_update_event: UpdateEvent::Install,
             rotate_application_token: false,
             update_removes_bindings: false,
+            dedup_within_hit: true,
         }
     }
 }

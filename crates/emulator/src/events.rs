@@ -263,6 +263,11 @@ impl Farm {
             return;
         }
         let mut notify: Vec<String> = Vec::new();
+        let data_json = if self.cfg.dedup_within_hit {
+            serde_json::to_string(&data).unwrap_or_default()
+        } else {
+            String::new()
+        };
         for (id, client, handler, auth_type, offline, connector) in targets {
             if !self.app_receives_events(member_id, &client) {
                 continue;
@@ -281,6 +286,13 @@ impl Farm {
                 }
             } else {
                 let uid = if auth_type > 0 { auth_type } else { user_id };
+                // Identical (handler, event, user, data) items within one hit are sent
+                // once (§2.6, `Buffer` in the module source).
+                if self.cfg.dedup_within_hit
+                    && !self.hit_seen.insert(format!("{id}|{uid}|{data_json}"))
+                {
+                    continue;
+                }
                 let auth =
                     self.auth_block(member_id, &client, uid, def.send_auth, def.send_refresh);
                 self.push_job(

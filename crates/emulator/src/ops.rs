@@ -33,6 +33,7 @@ impl Shared {
         let mut g = self.farm.lock().unwrap_or_else(|e| e.into_inner());
         g.now_us = self.clock.now_us();
         g.hit_notified.clear();
+        g.hit_seen.clear();
         let out = f(&mut g);
         let jobs = if g.pending.is_empty() {
             Vec::new()

@@ -304,6 +304,8 @@ pub struct Farm {
     pub pending: Vec<Job>,
     /// ONOFFLINEEVENT bindings already notified in the current "hit" (minTimeout=0).
     pub hit_notified: HashSet<u64>,
+    /// (binding, user, data) of entity deliveries already produced in this hit.
+    pub hit_seen: HashSet<String>,
 }
 
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -339,6 +341,7 @@ impl Farm {
             now_us: 0,
             pending: Vec::new(),
             hit_notified: HashSet::new(),
+            hit_seen: HashSet::new(),
         }
     }
 

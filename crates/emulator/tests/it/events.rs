@@ -317,3 +317,31 @@ async fn event_test_sends_onapptest_with_query_and_refresh_token() {
         "the token is not echoed"
     );
 }
+
+#[tokio::test]
+async fn identical_deliveries_within_one_batch_are_sent_once() {
+    let emu = emu().await;
+    let rx = Receiver::start().await;
+    let s = setup(&emu, "dedup", crm_app(), PortalSpec::default());
+    ok(
+        &s.endpoint,
+        &s.token,
+        "event.bind",
+        json!({"event": "ONCRMDEALUPDATE", "handler": rx.url("/u")}),
+    )
+    .await;
+    let id = ok(&s.endpoint, &s.token, "crm.deal.add", json!({})).await;
+    let before = queued(&emu);
+    let cmd = json!({"a": format!("crm.deal.update?id={id}&fields[TITLE]=1"), "b": format!("crm.deal.update?id={id}&fields[TITLE]=2")});
+    ok(&s.endpoint, &s.token, "batch", json!({"cmd": cmd})).await;
+    assert_eq!(queued(&emu) - before, 1, "one hit, one delivery");
+    ok(
+        &s.endpoint,
+        &s.token,
+        "crm.deal.update",
+        json!({"id": id, "fields": {"TITLE": "3"}}),
+    )
+    .await;
+    assert_eq!(queued(&emu) - before, 2, "a new hit delivers again");
+    rx.wait("/u", 2).await;
+}

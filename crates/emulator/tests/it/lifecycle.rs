@@ -569,6 +569,13 @@ async fn expired_payment_gates_events_and_then_rest() {
         json!({"event": "ONCRMDEALADD", "handler": rx.url("/e")}),
     )
     .await;
+    ok(
+        &s.endpoint,
+        &s.token,
+        "event.bind",
+        json!({"event": "ONAPPPAYMENT", "handler": rx.url("/pay")}),
+    )
+    .await;
     assert_eq!(
         ok(&s.endpoint, &s.token, "app.info", json!({})).await["STATUS"],
         "F"
@@ -583,6 +590,28 @@ async fn expired_payment_gates_events_and_then_rest() {
         },
     )
     .unwrap();
+    let f = rx.wait("/pay", 1).await.remove(0).form();
+    assert_eq!(f["event"], "ONAPPPAYMENT");
+    assert_eq!(
+        sub_keys(&f, "data"),
+        sorted(&[
+            "CODE",
+            "DAYS",
+            "LANGUAGE_ID",
+            "PAYMENT_EXPIRED",
+            "STATUS",
+            "VERSION"
+        ])
+    );
+    assert_eq!(
+        (
+            f["data[STATUS]"].as_str(),
+            f["data[PAYMENT_EXPIRED]"].as_str(),
+            f["data[DAYS]"].as_str()
+        ),
+        ("P", "Y", "-3")
+    );
+    assert_eq!(sub_keys(&f, "auth"), sorted(NO_TOKEN_AUTH));
     let before = queued(&emu);
     emu.changes(
         &s.member_id,
