@@ -980,7 +980,10 @@ mod example_tests {
         assert_eq!(c.app.version, 3);
         assert_eq!(c.bindings.len(), 3);
         assert_eq!(c.bindings[1].mode, BindingMode::Offline);
-        assert_eq!(c.placements[0].lang_all["de"].title.as_deref(), Some("Deal-Reiter"));
+        assert_eq!(
+            c.placements[0].lang_all["de"].title.as_deref(),
+            Some("Deal-Reiter")
+        );
         assert_eq!(c.migrations[0].steps[0].method, "app.option.set");
         assert_eq!(c.install_url(), "https://gate.example.com/b24/install");
     }

@@ -1,7 +1,283 @@
-//! `engine`: the b24gate lifecycle. Today it holds the manifest — the
-//! configuration that says what every portal should have — and its loader;
-//! install, probe, reconcile, update, uninstall and the job runner build on it.
+//! `engine`: the b24gate lifecycle and runtime.
+//!
+//! Map:
+//! - [`config`]: the manifest ([`Config`]) and its loader.
+//! - [`dispatch`]: inbox rows → the jobs they cause ([`dispatch::Router`]).
+//! - [`runner`]: the worker pool over the store's job queue
+//!   ([`runner::JobHandler`], [`runner::JobError`]), with the rescuer.
+//! - [`retry`]: [`retry::RetrySchedule`], jittered job retry schedules.
+//! - [`forward`]: Standard Webhooks delivery to the app's targets
+//!   ([`forward::Forwarder`]) and the in-process [`forward::EventHandler`].
+//! - [`uninstall`]: `ONAPPUNINSTALL` and the retention policy; purges.
+//!
+//! [`Engine`] wires them: a dispatcher loop, the worker pool and a
+//! housekeeping loop (due purges, stale installs, pruning).
 
 pub mod config;
+pub mod dispatch;
+pub mod forward;
+pub mod retry;
+pub mod runner;
+pub mod uninstall;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 
 pub use config::{Config, ConfigError, Secrets};
+
+/// A source of Unix milliseconds; tests pin or advance it.
+pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock as a [`NowFn`].
+pub fn system_now() -> NowFn {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// reqwest is built without a bundled TLS provider; every HTTP client of the
+/// process uses ring's.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Intervals and sizes of the engine's loops.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub runner: runner::RunnerOptions,
+    /// How often the dispatcher looks at the inbox (a notify wakes it sooner).
+    pub dispatch_every: Duration,
+    /// Timeout of one forward attempt.
+    pub forward_timeout: Duration,
+    /// Retry schedule of forwards (and of the in-process handler).
+    pub forward_schedule: retry::RetrySchedule,
+    /// How often due purges, stale installs and old jobs are handled.
+    pub housekeeping_every: Duration,
+    /// Completed jobs are kept this long (for `b24gate jobs`).
+    pub keep_completed: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            runner: runner::RunnerOptions::default(),
+            dispatch_every: Duration::from_millis(100),
+            forward_timeout: Duration::from_secs(15),
+            forward_schedule: retry::RetrySchedule::forwarding(),
+            housekeeping_every: Duration::from_secs(30),
+            keep_completed: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The engine before it runs: configuration, store and job handlers.
+pub struct Engine {
+    store: store::Store,
+    config: Arc<Config>,
+    now: NowFn,
+    handlers: runner::Handlers,
+    forwarder: Arc<forward::Forwarder>,
+    in_process: bool,
+    opts: EngineOptions,
+}
+
+impl Engine {
+    pub fn new(
+        config: Arc<Config>,
+        secrets: &Secrets,
+        store: store::Store,
+        now: NowFn,
+        opts: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| forward::Target {
+                name: t.name.to_ascii_lowercase(),
+                url: t.url.clone(),
+                key: secrets
+                    .target_secrets
+                    .get(&t.name.to_ascii_lowercase())
+                    .map(|s| forward::SigningKey::parse(s)),
+            })
+            .collect();
+        let forwarder = Arc::new(forward::Forwarder::new(
+            store.clone(),
+            targets,
+            opts.forward_schedule.clone(),
+            now.clone(),
+            opts.forward_timeout,
+        )?);
+        let mut handlers = runner::Handlers::default();
+        handlers.insert(forward::FORWARD, forwarder.clone());
+        handlers.insert(
+            dispatch::kinds::UNINSTALL,
+            Arc::new(uninstall::Uninstaller {
+                store: store.clone(),
+                policy: config.uninstall.clone(),
+                now: now.clone(),
+            }),
+        );
+        Ok(Engine {
+            store,
+            config,
+            now,
+            handlers,
+            forwarder,
+            in_process: false,
+            opts,
+        })
+    }
+
+    /// Delivers every event to `handler` in this process, as well as to the
+    /// configured targets.
+    pub fn with_event_handler(mut self, handler: Arc<dyn forward::EventHandler>) -> Engine {
+        self.handlers.insert(
+            forward::HANDLE,
+            Arc::new(forward::InProcess {
+                store: self.store.clone(),
+                handler,
+                schedule: self.opts.forward_schedule.clone(),
+            }),
+        );
+        self.in_process = true;
+        self
+    }
+
+    /// Registers (or replaces) the handler of a job kind.
+    pub fn register(&mut self, kind: &str, handler: Arc<dyn runner::JobHandler>) {
+        self.handlers.insert(kind, handler);
+    }
+
+    /// Starts the dispatcher, the worker pool and housekeeping.
+    pub fn start(self) -> RunningEngine {
+        let router = Arc::new(dispatch::Router::new(
+            &self.config,
+            self.in_process,
+            self.opts.forward_schedule.max_attempts(),
+        ));
+        let pool = runner::start(
+            self.store.clone(),
+            self.handlers,
+            self.now.clone(),
+            self.opts.runner.clone(),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let inbox_wake = Arc::new(Notify::new());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(dispatcher(
+            self.store.clone(),
+            router,
+            self.now.clone(),
+            self.opts.dispatch_every,
+            inbox_wake.clone(),
+            pool.waker(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(housekeeping(
+            self.store.clone(),
+            self.config.clone(),
+            self.now.clone(),
+            self.opts.clone(),
+            stop_rx,
+        ));
+        RunningEngine {
+            pool,
+            tasks,
+            stop,
+            inbox_wake,
+            forwarder: self.forwarder,
+        }
+    }
+}
+
+/// A running engine.
+pub struct RunningEngine {
+    pool: runner::RunningPool,
+    tasks: JoinSet<()>,
+    stop: watch::Sender<bool>,
+    inbox_wake: Arc<Notify>,
+    forwarder: Arc<forward::Forwarder>,
+}
+
+impl RunningEngine {
+    /// Wakes the dispatcher (the server calls it after an inbox commit).
+    pub fn inbox_waker(&self) -> Arc<Notify> {
+        self.inbox_wake.clone()
+    }
+
+    pub fn target_health(&self) -> std::collections::HashMap<String, forward::TargetHealth> {
+        self.forwarder.health()
+    }
+
+    /// Stops the loops and the pool (running jobs get the grace period).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.pool.shutdown().await;
+    }
+}
+
+async fn dispatcher(
+    store: store::Store,
+    router: Arc<dispatch::Router>,
+    now: NowFn,
+    every: Duration,
+    wake: Arc<Notify>,
+    jobs_wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match router.dispatch_pending(&store, 500, now()).await {
+            Ok(0) => {}
+            Ok(_) => {
+                jobs_wake.notify_waiters();
+                continue;
+            }
+            Err(e) => tracing::warn!(error = %e, "inbox dispatch failed"),
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn housekeeping(
+    store: store::Store,
+    config: Arc<Config>,
+    now: NowFn,
+    opts: EngineOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let t = now();
+        if let Err(e) = uninstall::purge_due(&store, t).await {
+            tracing::warn!(error = %e, "purge failed");
+        }
+        let ttl = config.app.install_ttl.as_millis() as i64;
+        if let Err(e) = store.expire_stale_installs(t - ttl, t).await {
+            tracing::warn!(error = %e, "expiring stale installs failed");
+        }
+        let keep = opts.keep_completed.as_millis() as i64;
+        if let Err(e) = store.prune_jobs(t - keep, 10_000).await {
+            tracing::warn!(error = %e, "pruning jobs failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.housekeeping_every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

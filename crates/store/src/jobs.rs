@@ -24,6 +24,9 @@ pub struct NewJob<'a> {
     pub member_id: Option<&'a str>,
     pub serial_key: Option<&'a str>,
     pub unique_key: Option<&'a str>,
+    /// Whether the job calls the portal (REST): such jobs are cancelled when
+    /// the portal is uninstalled; the others (forwards to the app) go on.
+    pub calls_portal: bool,
     pub payload: &'a serde_json::Value,
     pub max_attempts: i64,
     pub run_at: UnixMillis,
@@ -125,11 +128,11 @@ const CLAIM_POSTGRES: &str = concat!(
 
 pub(crate) const CANCEL_PORTAL_JOBS: &str = "UPDATE jobs SET state = 'cancelled', finalized_at = $2, \
     locked_by = NULL, locked_until = NULL \
-    WHERE member_id = $1 AND state IN ('available', 'retryable', 'running')";
+    WHERE member_id = $1 AND calls_portal AND state IN ('available', 'retryable', 'running')";
 
 pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (kind, member_id, serial_key, unique_key, payload, state, \
-    attempt, max_attempts, run_at, created_at) \
-    VALUES ($1, $2, $3, $4, $5, 'available', 0, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id";
+    attempt, max_attempts, run_at, created_at, calls_portal) \
+    VALUES ($1, $2, $3, $4, $5, 'available', 0, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING id";
 pub(crate) const EXISTING_JOB: &str = "SELECT id FROM jobs WHERE unique_key = $1 \
     AND state IN ('available', 'running', 'retryable')";
 
@@ -147,6 +150,7 @@ macro_rules! insert_job {
             .bind(job.max_attempts.max(1))
             .bind(job.run_at)
             .bind($now)
+            .bind(job.calls_portal)
             .fetch_optional(&mut *$tx)
             .await?;
         match id {
@@ -291,8 +295,9 @@ impl Store {
         Ok(n)
     }
 
-    /// Cancels every live job of a portal (uninstall: no REST call from here
-    /// on). A running job keeps running but can no longer complete.
+    /// Cancels every live job of a portal that calls it (uninstall: no REST
+    /// call from here on). A running one keeps running but can no longer
+    /// complete. Forwards of its acknowledged events go on.
     pub async fn cancel_portal_jobs(&self, member_id: &str, now: UnixMillis) -> Result<u64> {
         let n = with_pool!(self, write, |p| sqlx::query(CANCEL_PORTAL_JOBS)
             .bind(member_id)

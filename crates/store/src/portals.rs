@@ -552,7 +552,7 @@ impl Store {
             "DELETE FROM pending_calls WHERE member_id = $1",
             "DELETE FROM portal_migrations WHERE member_id = $1",
             "DELETE FROM rate_buckets WHERE member_id = $1",
-            "DELETE FROM jobs WHERE member_id = $1 AND state <> 'running'",
+            "DELETE FROM jobs WHERE member_id = $1 AND calls_portal AND state <> 'running'",
         ];
         const PORTAL: &str = "UPDATE portals SET status = 'purged', status_changed_at = $2, \
             scopes = '', profile = '{}', app_token_hash = NULL, installed_version = NULL, \
@@ -596,6 +596,17 @@ impl Store {
                 .await?;
             Ok::<_, StoreError>(true)
         })
+    }
+
+    /// Uninstalled portals whose retention ran out (`purge_after <= now`).
+    pub async fn due_purges(&self, now: UnixMillis) -> Result<Vec<String>> {
+        const SQL: &str = "SELECT member_id FROM portals WHERE status = 'uninstalled' \
+            AND purge_after IS NOT NULL AND purge_after <= $1 ORDER BY member_id";
+        let rows: Vec<(String,)> = with_pool!(self, read, |p| sqlx::query_as(SQL)
+            .bind(now)
+            .fetch_all(p)
+            .await)?;
+        Ok(rows.into_iter().map(|(m,)| m).collect())
     }
 
     /// Installs that stayed `installing` since before `started_before` (flow B

@@ -113,6 +113,9 @@ CREATE TABLE jobs (
     member_id    TEXT,
     serial_key   TEXT,
     unique_key   TEXT,
+    -- Whether the job calls the portal: such jobs are cancelled at uninstall
+    -- (no REST call afterwards); forwards to the app are not.
+    calls_portal INTEGER NOT NULL DEFAULT 1,
     payload      TEXT NOT NULL DEFAULT '{}',
     state        TEXT NOT NULL,             -- available | running | retryable | completed | discarded | cancelled
     attempt      INTEGER NOT NULL DEFAULT 0,

@@ -86,6 +86,7 @@ async fn dispatch_enqueues_jobs_atomically_once(db: &TestDb) {
         member_id: Some("m1"),
         serial_key: Some("portal:m1"),
         unique_key: Some("install:k1"),
+        calls_portal: true,
         payload: &jp,
         max_attempts: 5,
         run_at: T0,

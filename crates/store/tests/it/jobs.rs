@@ -20,6 +20,7 @@ fn job<'a>(kind: &'a str, payload: &'a serde_json::Value) -> NewJob<'a> {
         member_id: None,
         serial_key: None,
         unique_key: None,
+        calls_portal: true,
         payload,
         max_attempts: 3,
         run_at: T0,
@@ -297,6 +298,19 @@ async fn uninstall_cancels_a_portals_jobs(db: &TestDb) {
         .unwrap();
     }
     let unrelated = s.enqueue_job(&job("prune", &p), T0).await.unwrap().id();
+    // A forward of an event the portal sent before uninstalling goes on.
+    let forward = s
+        .enqueue_job(
+            &NewJob {
+                member_id: Some(m),
+                calls_portal: false,
+                ..job("forward", &p)
+            },
+            T0,
+        )
+        .await
+        .unwrap()
+        .id();
     let running = s.claim_jobs("w", 1, 30_000, T0).await.unwrap().remove(0);
     assert_eq!(running.member_id.as_deref(), Some(m));
     assert!(s.mark_uninstalled(m, false, None, T0 + 1).await.unwrap());
@@ -307,8 +321,16 @@ async fn uninstall_cancels_a_portals_jobs(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(jobs.len(), 3);
-    assert!(jobs.iter().all(|j| j.state == "cancelled"));
+    assert_eq!(jobs.len(), 4);
+    assert!(
+        jobs.iter()
+            .filter(|j| j.id != forward)
+            .all(|j| j.state == "cancelled")
+    );
+    assert_eq!(
+        s.get_job(forward).await.unwrap().unwrap().state,
+        "available"
+    );
     assert!(!s.complete_job(running.id, "w", T0 + 2).await.unwrap());
     assert_eq!(
         s.get_job(unrelated).await.unwrap().unwrap().state,
@@ -324,6 +346,12 @@ async fn uninstall_cancels_a_portals_jobs(db: &TestDb) {
         .unwrap();
     assert_eq!(audit[0].detail_json()["jobs_cancelled"], 3);
     assert_eq!(s.cancel_portal_jobs(m, T0 + 3).await.unwrap(), 0);
+    // Purging keeps it too.
+    assert!(s.purge_portal(m, T0 + 4).await.unwrap());
+    assert_eq!(
+        s.get_job(forward).await.unwrap().unwrap().state,
+        "available"
+    );
 }
 
 async fn leases_are_exclusive_until_they_expire(db: &TestDb) {

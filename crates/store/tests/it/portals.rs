@@ -227,6 +227,8 @@ async fn uninstall_drops_credentials_and_repeats_are_noops(db: &TestDb) {
     assert_eq!(p.status_reason.as_deref(), Some("clean=1"));
     assert_eq!(p.purge_after, Some(T0 + 10));
     assert_eq!(p.uninstalled_at, Some(T0 + 1));
+    assert!(s.due_purges(T0 + 9).await.unwrap().is_empty());
+    assert_eq!(s.due_purges(T0 + 10).await.unwrap(), [m.to_owned()]);
     assert!(s.load_credentials(m).await.unwrap().is_none());
     assert!(!PortalStatus::Uninstalled.allows_rest());
     assert!(!s.mark_uninstalled(m, true, None, T0 + 2).await.unwrap());

@@ -1,0 +1,298 @@
+//! The worker pool: claims jobs from the store, runs each with the handler of
+//! its kind, heartbeats its lease while it runs, and records the outcome —
+//! done, retry later (jittered schedule, or a `Retry-After` the handler
+//! passes on), or dead letter. A rescuer returns the jobs of crashed workers.
+//!
+//! Shutdown stops claiming, lets running jobs finish within a grace period,
+//! and leaves the rest to the rescuer (their leases run out): nothing that
+//! was claimed is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use store::{FailOutcome, Job, Store};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::NowFn;
+use crate::retry::{RetrySchedule, random_unit};
+
+/// How a job attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// Worth another attempt; `after` overrides the schedule when longer
+    /// (a `Retry-After`, an operating-limit reset).
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Will never succeed: dead-letter it now.
+    Permanent(String),
+}
+
+impl JobError {
+    pub fn retry(reason: impl Into<String>) -> JobError {
+        JobError::Retry {
+            reason: reason.into(),
+            after: None,
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> JobError {
+        JobError::Permanent(reason.into())
+    }
+}
+
+/// Runs the jobs of one kind. Must be idempotent: an attempt may be repeated
+/// after a crash (BRIEF §3 invariant 5).
+pub trait JobHandler: Send + Sync + 'static {
+    fn run<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<(), JobError>>;
+
+    /// The retry schedule of this kind.
+    fn schedule(&self) -> RetrySchedule {
+        RetrySchedule::lifecycle()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Concurrent jobs in this process.
+    pub workers: usize,
+    /// Lease of a claimed job; heartbeats renew it at a third of this.
+    pub lease: Duration,
+    /// How often idle workers look for due jobs (a local notify wakes them
+    /// sooner).
+    pub poll: Duration,
+    /// How long shutdown waits for running jobs.
+    pub grace: Duration,
+    /// This process's name in `locked_by`.
+    pub worker_id: String,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            lease: Duration::from_secs(60),
+            poll: Duration::from_millis(250),
+            grace: Duration::from_secs(10),
+            worker_id: format!("b24gate-{}", hex::encode(random_id())),
+        }
+    }
+}
+
+fn random_id() -> [u8; 6] {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    b
+}
+
+/// The registry of handlers by job kind.
+#[derive(Default, Clone)]
+pub struct Handlers {
+    map: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl Handlers {
+    pub fn insert(&mut self, kind: &str, handler: Arc<dyn JobHandler>) {
+        self.map.insert(kind.to_owned(), handler);
+    }
+
+    fn get(&self, kind: &str) -> Option<&Arc<dyn JobHandler>> {
+        self.map.get(kind)
+    }
+}
+
+/// A running pool. Drop or [`RunningPool::shutdown`] to stop it.
+pub struct RunningPool {
+    stop: watch::Sender<bool>,
+    wake: Arc<Notify>,
+    tasks: JoinSet<()>,
+    grace: Duration,
+}
+
+impl RunningPool {
+    /// A handle that wakes idle workers (after an enqueue in this process).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Stops claiming, waits up to the grace period for running jobs.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        self.wake.notify_waiters();
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Starts `opts.workers` workers and the rescuer on the current runtime.
+pub fn start(store: Store, handlers: Handlers, now: NowFn, opts: RunnerOptions) -> RunningPool {
+    let (stop, stop_rx) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    let handlers = Arc::new(handlers);
+    for n in 0..opts.workers.max(1) {
+        let w = Worker {
+            store: store.clone(),
+            handlers: handlers.clone(),
+            now: now.clone(),
+            id: format!("{}/{n}", opts.worker_id),
+            lease: opts.lease,
+            poll: opts.poll,
+            wake: wake.clone(),
+            stop: stop_rx.clone(),
+        };
+        tasks.spawn(w.run());
+    }
+    tasks.spawn(rescuer(store, now, opts.clone(), stop_rx));
+    RunningPool {
+        stop,
+        wake,
+        tasks,
+        grace: opts.grace,
+    }
+}
+
+struct Worker {
+    store: Store,
+    handlers: Arc<Handlers>,
+    now: NowFn,
+    id: String,
+    lease: Duration,
+    poll: Duration,
+    wake: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let lease_ms = self.lease.as_millis() as i64;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let claimed = match self
+                .store
+                .claim_jobs(&self.id, 1, lease_ms, (self.now)())
+                .await
+            {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(error = %e, "job claim failed");
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() {
+                let wake = self.wake.notified();
+                tokio::select! {
+                    _ = wake => {}
+                    _ = tokio::time::sleep(self.poll) => {}
+                    _ = self.stop.changed() => {}
+                }
+                continue;
+            }
+            for job in claimed {
+                self.run_one(job).await;
+            }
+        }
+    }
+
+    async fn run_one(&self, job: Job) {
+        let Some(handler) = self.handlers.get(&job.kind).cloned() else {
+            let _ = self
+                .store
+                .fail_job(
+                    job.id,
+                    &self.id,
+                    &format!("no handler for job kind `{}`", job.kind),
+                    None,
+                    (self.now)(),
+                )
+                .await;
+            return;
+        };
+        let lease_ms = self.lease.as_millis() as i64;
+        // Heartbeat while the handler runs, so a slow REST call does not
+        // lose the lease to the rescuer. The heartbeat is part of this
+        // future, not a task of its own: when the worker stops (or is
+        // aborted), the heartbeat stops with it and the lease can run out.
+        let work = handler.run(&job);
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(self.lease / 3);
+        beat.tick().await;
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = beat.tick() => {
+                    let renewed = self.store.heartbeat_job(job.id, &self.id, lease_ms, (self.now)()).await;
+                    if !matches!(renewed, Ok(true)) {
+                        tracing::debug!(job = job.id, "lease lost while running");
+                    }
+                }
+            }
+        };
+        let now = (self.now)();
+        let outcome = match result {
+            Ok(()) => {
+                if let Err(e) = self.store.complete_job(job.id, &self.id, now).await {
+                    tracing::warn!(error = %e, job = job.id, "completing a job failed");
+                }
+                return;
+            }
+            Err(JobError::Permanent(reason)) => {
+                self.store
+                    .fail_job(job.id, &self.id, &reason, None, now)
+                    .await
+            }
+            Err(JobError::Retry { reason, after }) => {
+                let scheduled = handler.schedule().delay(job.attempt, random_unit());
+                let at = match (scheduled, after) {
+                    (None, _) => None,
+                    (Some(d), None) => Some(d),
+                    (Some(d), Some(a)) => Some(d.max(a)),
+                };
+                let retry_at = at.map(|d| now + d.as_millis() as i64);
+                self.store
+                    .fail_job(job.id, &self.id, &reason, retry_at, now)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(FailOutcome::Discarded) => {
+                tracing::warn!(job = job.id, kind = %job.kind, "job dead-lettered");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, job = job.id, "recording a job failure failed"),
+        }
+    }
+}
+
+/// Returns jobs whose lease ran out; one process at a time does it.
+async fn rescuer(store: Store, now: NowFn, opts: RunnerOptions, mut stop: watch::Receiver<bool>) {
+    let every = (opts.lease / 2).max(Duration::from_millis(100));
+    let lease_ms = (every.as_millis() as i64) * 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let t = now();
+        if matches!(
+            store
+                .try_lease("jobs.rescuer", &opts.worker_id, lease_ms, t)
+                .await,
+            Ok(true)
+        ) {
+            match store.rescue_jobs(t).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rescued = n, "returned jobs of stopped workers"),
+                Err(e) => tracing::warn!(error = %e, "job rescue failed"),
+            }
+        }
+    }
+}
