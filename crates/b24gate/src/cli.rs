@@ -17,6 +17,9 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway: Bitrix24-facing routes, the engine and its workers.
+    /// Needs B24GATE_MASTER_KEY.
+    Serve,
     /// Apply the database migrations embedded in this binary.
     Migrate {
         /// Only report how many migrations are pending; change nothing.

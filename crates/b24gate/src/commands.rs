@@ -83,6 +83,7 @@ fn keyring(secrets: &Secrets) -> Result<Keyring, CliError> {
 pub async fn run(args: Args) -> Result<(), CliError> {
     let (config, secrets) = load_config(&args)?;
     match args.command {
+        Command::Serve => serve(config, secrets).await,
         Command::Migrate { status, json } => {
             let store = Store::open(
                 &config.server.database_url,
@@ -143,6 +144,77 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             }
             Ok(())
         }
+    }
+}
+
+/// `b24gate serve`: migrate, start the engine, serve until SIGINT/SIGTERM,
+/// then drain.
+async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
+    let Some(master) = &secrets.master_key else {
+        return Err(CliError::Config(ConfigError {
+            key: "B24GATE_MASTER_KEY".into(),
+            message: "required by serve: 64 hex characters that seal tokens at rest".into(),
+        }));
+    };
+    let keys = Keyring::from_hex(master).map_err(|e| {
+        CliError::Config(ConfigError {
+            key: "B24GATE_MASTER_KEY".into(),
+            message: e.to_string(),
+        })
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    let store = Store::open(&config.server.database_url, keys, &OpenOptions::default()).await?;
+    store.migrate().await?;
+    let config = std::sync::Arc::new(config);
+    let mut opts = engine::EngineOptions::default();
+    opts.runner.workers = config.server.workers as usize;
+    let engine = engine::Engine::new(
+        config.clone(),
+        &secrets,
+        store.clone(),
+        engine::system_now(),
+        opts,
+    )
+    .map_err(anyhow::Error::from)?
+    .start();
+    let ingest = server::IngestConfig {
+        body_limit: config.server.body_limit_bytes as usize,
+        ..server::IngestConfig::default()
+    };
+    let state = server::AppState::with_waker(store.clone(), ingest, Some(engine.inbox_waker()));
+    tracing::info!(listen = %config.server.listen, "b24gate serving");
+    eprintln!(
+        "b24gate: serving on {}",
+        listener.local_addr().map_err(anyhow::Error::from)?
+    );
+    server::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(anyhow::Error::from)?;
+    engine.shutdown().await;
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }
 

@@ -3,8 +3,10 @@
 //! appends it in one transaction, so N concurrent requests cost one fsync,
 //! not N. A request is answered only after its batch committed.
 
+use std::sync::Arc;
 use store::{Appended, NewInboxEvent, Store};
-use tokio::sync::{mpsc, oneshot};
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::NowFn;
 
@@ -49,9 +51,14 @@ pub struct InboxWriter {
 
 impl InboxWriter {
     /// Starts the writer task; batches hold at most `max_batch` events.
-    pub fn start(store: Store, now: NowFn, max_batch: usize) -> InboxWriter {
+    pub fn start(
+        store: Store,
+        now: NowFn,
+        max_batch: usize,
+        wake: Option<Arc<Notify>>,
+    ) -> InboxWriter {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(run(store, now, rx, max_batch.max(1)));
+        tokio::spawn(run(store, now, rx, max_batch.max(1), wake));
         InboxWriter { tx }
     }
 
@@ -66,7 +73,13 @@ impl InboxWriter {
     }
 }
 
-async fn run(store: Store, now: NowFn, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+async fn run(
+    store: Store,
+    now: NowFn,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+    wake: Option<Arc<Notify>>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -83,6 +96,9 @@ async fn run(store: Store, now: NowFn, mut rx: mpsc::Receiver<Pending>, max_batc
             Ok(outcomes) => {
                 for (p, o) in batch.drain(..).zip(outcomes) {
                     let _ = p.reply.send(Ok(o));
+                }
+                if let Some(w) = &wake {
+                    w.notify_one();
                 }
             }
             Err(e) => {

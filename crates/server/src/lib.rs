@@ -51,17 +51,7 @@ impl Default for IngestConfig {
     }
 }
 
-/// A source of Unix milliseconds (tests may pin it).
-pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-/// The system clock as a [`NowFn`].
-pub fn system_now() -> NowFn {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    })
-}
+pub use engine::{NowFn, system_now};
 
 /// Everything a request handler may touch: the store (read-only on the hot
 /// path), the inbox writer, limits and counters. Deliberately no HTTP client.
@@ -77,9 +67,19 @@ pub struct AppState {
 impl AppState {
     /// Builds the state and starts the inbox writer task on the current runtime.
     pub fn new(store: store::Store, ingest: IngestConfig) -> AppState {
+        Self::with_waker(store, ingest, None)
+    }
+
+    /// As [`AppState::new`]; `wake` is notified after every inbox commit
+    /// (the engine's dispatcher, so events move on without waiting a poll).
+    pub fn with_waker(
+        store: store::Store,
+        ingest: IngestConfig,
+        wake: Option<Arc<tokio::sync::Notify>>,
+    ) -> AppState {
         let now = system_now();
         AppState {
-            inbox: InboxWriter::start(store.clone(), now.clone(), 256),
+            inbox: InboxWriter::start(store.clone(), now.clone(), 256, wake),
             store,
             ingest: Arc::new(ingest),
             stats: Arc::new(IngestStats::default()),

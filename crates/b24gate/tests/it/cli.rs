@@ -136,3 +136,60 @@ fn config_shows_secrets_only_as_set() {
             .contains("client_secret: \"[set]\"")
     );
 }
+
+#[test]
+fn serve_needs_a_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b24gate.toml"), GOOD).unwrap();
+    let db = dir.path().join("gate.db");
+    let url = format!("sqlite://{}", db.display());
+    let o = b24gate(
+        dir.path(),
+        &["-c", "b24gate.toml", "serve"],
+        &[("B24GATE_SERVER_DATABASE_URL", &url)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`B24GATE_MASTER_KEY`"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!db.exists());
+}
+
+#[test]
+fn serve_answers_health_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b24gate.toml"), GOOD).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("gate.db").display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_b24gate"));
+    cmd.current_dir(dir.path())
+        .args(["-c", "b24gate.toml", "serve"])
+        .env("B24GATE_SERVER_DATABASE_URL", &url)
+        .env("B24GATE_SERVER_LISTEN", "127.0.0.1:0")
+        .env("B24GATE_MASTER_KEY", "42".repeat(32))
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(line.contains("serving on"), "{line}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
