@@ -14,6 +14,8 @@
 //! - `portals`: identity, endpoints, profile, install/uninstall/purge.
 //! - `credentials`: sealed OAuth tokens, cross-process refresh lock.
 //! - `audit`: the append-only audit log (survives every purge).
+//! - `bindings`: expected and actual bindings — the binding matrix.
+//! - `progress`: migrations applied, offline drain reservations, parked calls.
 //! - `inbox`: every acknowledged delivery, appended in group commits.
 //! - `jobs`: the job queue (claims, leases, rescue, retries, dead letter).
 //! - `rate`: the shared per-portal leaky bucket (GCRA in one upsert).
@@ -23,12 +25,14 @@
 //! control time and nothing here reads a clock.
 
 pub mod audit;
+pub mod bindings;
 pub mod credentials;
 pub mod crypto;
 pub mod inbox;
 pub mod jobs;
 mod leases;
 pub mod portals;
+pub mod progress;
 mod rate;
 pub mod status;
 
@@ -41,11 +45,13 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditEntry, AuditFilter, NewAudit};
+pub use bindings::{BindingKey, BindingRecord, MatrixRow};
 pub use credentials::{Credentials, TokenSet};
 pub use crypto::{CryptoError, Keyring};
 pub use inbox::{Appended, InboxEvent, NewInboxEvent};
 pub use jobs::{Enqueued, FailOutcome, Job, JobFilter, NewJob};
 pub use portals::{InstallOutcome, Portal, TokenCheck, VerifiedInstall};
+pub use progress::{DrainState, DrainUpdate, MigrationState, PendingCall};
 pub use status::PortalStatus;
 
 /// Unix time in milliseconds, as every timestamp column holds it.

@@ -10,5 +10,6 @@ mod inbox;
 mod jobs;
 mod migrations;
 mod portals;
+mod progress;
 mod rate;
 mod secrets_at_rest;

@@ -1,0 +1,199 @@
+use store::{BindingKey, BindingRecord, DrainUpdate, MigrationState};
+
+use crate::common::{Install, T0, TestDb};
+
+crate::conformance!(
+    bindings_are_replaced_as_a_whole,
+    migrations_resume_and_apply_once,
+    drain_keeps_its_process_id_until_cleared,
+    parked_calls_keep_their_token_sealed,
+);
+
+fn rec(name: &str, handler: &str, state: &str) -> BindingRecord {
+    BindingRecord {
+        key: BindingKey {
+            kind: "event".into(),
+            name: name.into(),
+            mode: "online".into(),
+            handler: handler.into(),
+            connector: String::new(),
+        },
+        auth_type: 0,
+        owner: Some("deals".into()),
+        options: serde_json::json!({}),
+        expected: true,
+        actual: state == "bound",
+        state: state.into(),
+        reason: None,
+        last_result: Some("ok".into()),
+    }
+}
+
+async fn bindings_are_replaced_as_a_whole(db: &TestDb) {
+    let s = &db.store;
+    let i = Install::new("acme");
+    let m = i.member_id.as_str();
+    s.record_verified_install(&i.verified(), T0).await.unwrap();
+    s.replace_bindings(
+        m,
+        &[
+            rec("ONCRMDEALADD", "https://g/b24/events", "bound"),
+            rec("ONCRMDEALUPDATE", "https://g/b24/events", "missing"),
+        ],
+        T0,
+    )
+    .await
+    .unwrap();
+    let rows = s.binding_matrix(Some(m)).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].record.key.name, "ONCRMDEALADD");
+    assert!(rows[0].record.actual);
+    assert_eq!(rows[1].record.state, "missing");
+    assert_eq!(rows[1].last_checked_at, Some(T0));
+    s.replace_bindings(
+        m,
+        &[rec("ONCRMDEALUPDATE", "https://g/b24/events", "bound")],
+        T0 + 1,
+    )
+    .await
+    .unwrap();
+    let rows = s.binding_matrix(None).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].record.state, "bound");
+    assert_eq!(s.binding_counts().await.unwrap(), [("bound".to_owned(), 1)]);
+}
+
+async fn migrations_resume_and_apply_once(db: &TestDb) {
+    let s = &db.store;
+    let i = Install::new("acme");
+    let m = i.member_id.as_str();
+    s.record_verified_install(&i.verified(), T0).await.unwrap();
+    assert_eq!(
+        s.migration_state(m, "m1").await.unwrap(),
+        MigrationState::NotStarted
+    );
+    s.migration_progress(m, "m1", 2, 1, T0).await.unwrap();
+    assert_eq!(
+        s.migration_state(m, "m1").await.unwrap(),
+        MigrationState::Running { step: 1 }
+    );
+    s.migration_progress(m, "m1", 2, 2, T0).await.unwrap();
+    s.migration_applied(m, "m1", 2, T0).await.unwrap();
+    assert_eq!(
+        s.migration_state(m, "m1").await.unwrap(),
+        MigrationState::Applied
+    );
+    // Progress after applied does not reopen it.
+    s.migration_progress(m, "m1", 2, 0, T0).await.unwrap();
+    assert_eq!(
+        s.migration_state(m, "m1").await.unwrap(),
+        MigrationState::Applied
+    );
+}
+
+async fn drain_keeps_its_process_id_until_cleared(db: &TestDb) {
+    let s = &db.store;
+    let i = Install::new("acme");
+    let m = i.member_id.as_str();
+    s.record_verified_install(&i.verified(), T0).await.unwrap();
+    assert!(s.drain_state(m, "").await.unwrap().is_none());
+    s.set_drain_process(
+        &DrainUpdate {
+            member_id: m,
+            connector: "",
+            process_id: Some("p1"),
+            ..Default::default()
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    let d = s.drain_state(m, "").await.unwrap().unwrap();
+    assert_eq!(d.process_id.as_deref(), Some("p1"));
+    assert_eq!(d.reserved_at, Some(T0));
+    // Re-recording the same reservation keeps its start time.
+    s.set_drain_process(
+        &DrainUpdate {
+            member_id: m,
+            connector: "",
+            process_id: Some("p1"),
+            drained: 40,
+            ..Default::default()
+        },
+        T0 + 5,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.drain_state(m, "").await.unwrap().unwrap().reserved_at,
+        Some(T0)
+    );
+    s.set_drain_process(
+        &DrainUpdate {
+            member_id: m,
+            connector: "",
+            process_id: None,
+            drained: 10,
+            errors: 2,
+            last_error: Some("undecodable row"),
+        },
+        T0 + 6,
+    )
+    .await
+    .unwrap();
+    let d = s.drain_state(m, "").await.unwrap().unwrap();
+    assert_eq!(d.process_id, None);
+    assert_eq!(d.reserved_at, None);
+    assert_eq!((d.drained_total, d.error_total), (50, 2));
+    assert_eq!(d.last_error.as_deref(), Some("undecodable row"));
+    assert_eq!(d.last_drain_at, Some(T0 + 6));
+    assert_eq!(s.drain_states().await.unwrap().len(), 1);
+}
+
+async fn parked_calls_keep_their_token_sealed(db: &TestDb) {
+    let s = &db.store;
+    let i = Install::new("acme");
+    let m = i.member_id.as_str();
+    s.record_verified_install(&i.verified(), T0).await.unwrap();
+    let token = "parked-access-token-0123456789";
+    let params = serde_json::json!({"USER_ID": 1});
+    let id = s
+        .park_call(m, "voximplant.user.get", &params, token, T0 + 3_600_000, T0)
+        .await
+        .unwrap();
+    let fp = db.keys.fingerprint(token);
+    let waiting = s
+        .waiting_calls(m, "VOXIMPLANT.USER.GET", &fp)
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].id, id);
+    assert_eq!(waiting[0].state, "waiting");
+    assert!(!waiting[0].params.contains(token));
+    assert_eq!(s.pending_call_token(&waiting[0]).await.unwrap(), token);
+    assert!(
+        s.waiting_calls(m, "voximplant.user.get", "otherfingerprint")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.settle_call(id, "waiting", "confirmed", None, T0 + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.settle_call(id, "waiting", "denied", None, T0 + 2)
+            .await
+            .unwrap(),
+        "settled once"
+    );
+    assert!(
+        s.settle_call(id, "confirmed", "done", Some(r#"{"result":[]}"#), T0 + 3)
+            .await
+            .unwrap()
+    );
+    let c = s.get_pending_call(id).await.unwrap().unwrap();
+    assert_eq!(c.state, "done");
+    assert_eq!(c.result.as_deref(), Some(r#"{"result":[]}"#));
+}
