@@ -8,6 +8,7 @@
 //! - [`retry`]: [`retry::RetrySchedule`], jittered job retry schedules.
 //! - [`forward`]: Standard Webhooks delivery to the app's targets
 //!   ([`forward::Forwarder`]) and the in-process [`forward::EventHandler`].
+//! - [`reconcile`]: desired vs actual bindings, the plan, bind/unbind calls.
 //! - [`uninstall`]: `ONAPPUNINSTALL` and the retention policy; purges.
 //!
 //! [`Engine`] wires them: a dispatcher loop, the worker pool and a
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod forward;
+pub mod reconcile;
 pub mod retry;
 pub mod runner;
 pub mod uninstall;
