@@ -44,8 +44,9 @@ impl Store {
         Ok((allowed_at - now_f).ceil().max(0.0) as i64)
     }
 
-    /// Pushes a portal's bucket back by `penalty_ms` (after a
-    /// `QUERY_LIMIT_EXCEEDED` from the portal: our view was too optimistic).
+    /// Pushes a portal's bucket so that no slot is free before
+    /// `now + penalty_ms` (after a `QUERY_LIMIT_EXCEEDED` from the portal:
+    /// our view was too optimistic). Repeated penalties do not stack.
     pub async fn penalise_rate(
         &self,
         member_id: &str,
@@ -53,9 +54,9 @@ impl Store {
         now: UnixMillis,
     ) -> Result<()> {
         const SQLITE: &str = "INSERT INTO rate_buckets (member_id, level, updated_at) VALUES ($1, $2 + $3, $4) \
-            ON CONFLICT (member_id) DO UPDATE SET level = max(rate_buckets.level, $2) + $3, updated_at = $4";
+            ON CONFLICT (member_id) DO UPDATE SET level = max(rate_buckets.level, $2 + $3), updated_at = $4";
         const POSTGRES: &str = "INSERT INTO rate_buckets (member_id, level, updated_at) VALUES ($1, $2 + $3, $4) \
-            ON CONFLICT (member_id) DO UPDATE SET level = GREATEST(rate_buckets.level, $2) + $3, updated_at = $4";
+            ON CONFLICT (member_id) DO UPDATE SET level = GREATEST(rate_buckets.level, $2 + $3), updated_at = $4";
         let sql = match self.backend() {
             Backend::Sqlite => SQLITE,
             Backend::Postgres => POSTGRES,

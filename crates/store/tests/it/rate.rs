@@ -33,9 +33,11 @@ async fn shared_bucket_allows_burst_then_drains(db: &TestDb) {
             .unwrap(),
         0
     );
-    // A penalty pushes the next slot back.
+    // A penalty pushes the next slot back; a repeat does not stack.
     s.penalise_rate("m2", 30_000.0, T0).await.unwrap();
-    assert!(s.reserve_rate_slot("m2", 500.0, 50, T0).await.unwrap() > 0);
+    s.penalise_rate("m2", 30_000.0, T0).await.unwrap();
+    // Free again at T0 + 30 s - burst × interval = T0 + 5 s.
+    assert_eq!(s.reserve_rate_slot("m2", 500.0, 50, T0).await.unwrap(), 5_500);
 }
 
 async fn shared_bucket_holds_across_handles(db: &TestDb) {
