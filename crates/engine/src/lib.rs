@@ -2,6 +2,8 @@
 //!
 //! Map:
 //! - [`config`]: the manifest ([`Config`]) and its loader.
+//! - [`env`]: [`env::StoreEnv`], the client's credential store and shared
+//!   rate limiter over the store.
 //! - [`dispatch`]: inbox rows → the jobs they cause ([`dispatch::Router`]).
 //! - [`runner`]: the worker pool over the store's job queue
 //!   ([`runner::JobHandler`], [`runner::JobError`]), with the rescuer.
@@ -16,6 +18,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod env;
 pub mod forward;
 pub mod reconcile;
 pub mod retry;
