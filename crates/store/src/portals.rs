@@ -122,7 +122,9 @@ pub struct VerifiedInstall<'a> {
     pub domain: &'a PortalDomain,
     pub client_endpoint: &'a str,
     pub server_endpoint: &'a str,
-    pub application_token: &'a ApplicationToken,
+    /// `None` keeps the stored hash (an installer POST of an older portal
+    /// carries no application token; the next ONAPPINSTALL brings it).
+    pub application_token: Option<&'a ApplicationToken>,
     pub flow: &'a str,
     pub app_status: Option<&'a str>,
     pub language: Option<&'a str>,
@@ -227,11 +229,13 @@ impl Store {
             VALUES ($1, $2, $3, $4, 'installing', $5, 1, $6, $7, $8, $9, $5, $5, $5)";
         const UPDATE: &str = "UPDATE portals SET domain = $2, client_endpoint = $3, server_endpoint = $4, \
             status = 'installing', status_reason = NULL, status_changed_at = $5, generation = generation + 1, \
-            install_flow = $6, app_status = $7, language = COALESCE($8, language), app_token_hash = $9, \
+            install_flow = $6, app_status = $7, language = COALESCE($8, language), app_token_hash = COALESCE($9, app_token_hash), \
             install_started_at = $5, uninstalled_at = NULL, purge_after = NULL, updated_at = $5 \
             WHERE member_id = $1";
         let member_id = v.member_id.as_str();
-        let hash = self.keys.token_hash(v.application_token.expose_secret());
+        let hash = v
+            .application_token
+            .map(|t| self.keys.token_hash(t.expose_secret()));
         let (access, refresh) = self.seal_tokens(member_id, v.tokens)?;
         with_tx!(self, |tx| {
             let current = current_status!(self, tx, member_id);

@@ -358,7 +358,7 @@ pub async fn fixture_with(setup: Setup) -> Fixture {
                 domain: &PortalDomain::parse(&portal.domain).unwrap(),
                 client_endpoint: &portal.client_endpoint,
                 server_endpoint: &portal.server_endpoint,
-                application_token: &ApplicationToken::parse(&t.application_token).unwrap(),
+                application_token: Some(&ApplicationToken::parse(&t.application_token).unwrap()),
                 flow: "event",
                 app_status: Some(&t.status),
                 language: Some("en"),

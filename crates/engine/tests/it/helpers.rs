@@ -70,7 +70,7 @@ pub async fn install(store: &Store, m: &str, app_token: &str) {
                 domain: &domain,
                 client_endpoint: "https://x.bitrix24.com/rest/",
                 server_endpoint: "https://oauth.bitrix.info/rest/",
-                application_token: &t,
+                application_token: Some(&t),
                 flow: "event",
                 app_status: Some("L"),
                 language: None,

@@ -84,7 +84,7 @@ impl Gate {
                     domain: &d,
                     client_endpoint: &ep,
                     server_endpoint: &ep,
-                    application_token: &t,
+                    application_token: Some(&t),
                     flow: "event",
                     app_status: Some("L"),
                     language: Some("en"),

@@ -163,7 +163,7 @@ impl Install {
             domain: &self.domain,
             client_endpoint: "https://acme.bitrix24.com/rest/",
             server_endpoint: "https://oauth.bitrix.info/rest/",
-            application_token: &self.app_token,
+            application_token: Some(&self.app_token),
             flow: "event",
             app_status: Some("L"),
             language: Some("en"),
