@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 use wire::form::{self, FormMap};
-use wire::{ApiError, BatchResult};
+use wire::{ApiError, BatchResult, ErrorClass};
 
 use crate::client::{CallOptions, PortalClient, Req, check_method, is_read_method, params_map};
 use crate::error::Error;
@@ -228,6 +228,10 @@ impl PortalClient {
                 } else if let Some(e) = br.result_error.remove(*key) {
                     if batch.halt {
                         halted = true;
+                    }
+                    // The budget is per method, also inside a batch (§5.15).
+                    if e.class() == ErrorClass::OperatingLimit {
+                        self.block_methods(&[method.to_ascii_lowercase()]);
                     }
                     CommandOutcome::Err(e)
                 } else {

@@ -924,7 +924,7 @@ impl PortalClient {
 
     /// After `OPERATION_TIME_LIMIT`: the methods wait until the known reset,
     /// or a minute (one budget bucket) when none is known.
-    fn block_methods(&self, methods: &[String]) {
+    pub(crate) fn block_methods(&self, methods: &[String]) {
         let now = self.inner.clock.now_ms();
         let slack = self.inner.cfg.operating.reset_slack.as_millis() as i64;
         let mut budgets = self.state.budgets.lock().unwrap_or_else(|e| e.into_inner());

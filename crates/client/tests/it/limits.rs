@@ -43,6 +43,7 @@ fn assert_drain_rate(f: &Fixture, elapsed: f64) {
     );
     // After the burst allowance the bucket drains DRAIN per second.
     let rate = (CALLS as f64 - f64::from(BURST)) / elapsed;
+    println!("{CALLS} calls in {elapsed:.2} s: {rate:.1}/s after the burst");
     assert!(
         (DRAIN * 0.9..=DRAIN * 1.1).contains(&rate),
         "throughput {rate:.1}/s after the burst, bucket drains {DRAIN}/s ({elapsed:.2} s)"

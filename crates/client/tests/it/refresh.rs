@@ -167,3 +167,51 @@ async fn invalid_grant_marks_needs_reauth_and_stops_calls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_store_refreshes_once_and_records_renames() {
+    bounded(async {
+        use client::{MemoryCredentialStore, MemoryRateLimiter, Plan, PortalTarget, TokenSet};
+        use wire::{AccessToken, Endpoint, PortalDomain, RefreshToken};
+        let f = fixture().await;
+        let mem = Arc::new(MemoryCredentialStore::new());
+        mem.insert(
+            f.member.clone(),
+            PortalTarget {
+                domain: PortalDomain::parse(&f.portal.domain).unwrap(),
+                client_endpoint: Endpoint::parse(&f.portal.client_endpoint).unwrap(),
+                rest_allowed: true,
+                status: "installed".into(),
+                plan: Plan::Standard,
+            },
+            TokenSet {
+                access: AccessToken::parse(&f.access).unwrap(),
+                refresh: RefreshToken::parse(&f.refresh).unwrap(),
+                expires_at_ms: Clock::system().now_ms() + 3_600_000,
+                scope: "crm".into(),
+                user_id: Some(1),
+            },
+        );
+        let client = Client::new(
+            f.config(),
+            mem.clone(),
+            Arc::new(MemoryRateLimiter::new()),
+            Clock::system(),
+        )
+        .unwrap();
+        let p = client.portal(&f.member);
+        p.call("profile", json!({})).await.unwrap();
+        expire_all(&f);
+        let before = f.stat("oauth_requests");
+        let calls = (0..20).map(|_| p.call("crm.deal.fields", json!({})));
+        for r in join_all(calls).await {
+            r.unwrap();
+        }
+        assert_eq!(f.stat("oauth_requests") - before, 1);
+        assert_eq!(client.stats().refreshes, 1);
+        mem.set_status(&f.member, "uninstalled", false);
+        let e = p.call("profile", json!({})).await.unwrap_err();
+        assert!(matches!(e, Error::PortalInactive { .. }), "{e}");
+    })
+    .await;
+}

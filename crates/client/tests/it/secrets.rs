@@ -45,7 +45,9 @@ async fn no_secret_in_trace_logs_or_error_strings() {
     // and a scoped subscriber can miss callsites other test threads
     // registered first. Other tests' lines land here too, which only widens
     // the check. No other test installs a subscriber.
-    tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    // `try_init` also bridges the `log` records of the HTTP stack.
+    tracing_subscriber::util::SubscriberInitExt::try_init(subscriber)
+        .expect("one global subscriber");
     bounded(async {
         let f = fixture_with(Setup {
             scopes: vec!["crm".into(), "telephony".into()],
