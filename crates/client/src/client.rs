@@ -264,6 +264,19 @@ impl Client {
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
     }
+
+    /// Asks the configured OAuth server what it knows of `token`
+    /// (`app.info`, protocol §5.12): the gateway's install verification.
+    /// Never goes to a host from a request or a response.
+    pub async fn oauth_app_info(&self, token: &wire::AccessToken) -> Result<Value, Error> {
+        crate::oauth::app_info(
+            &self.inner.http,
+            self.inner.cfg.oauth.as_ref(),
+            token,
+            self.inner.cfg.timeouts.request,
+        )
+        .await
+    }
 }
 
 impl Inner {
@@ -509,6 +522,22 @@ impl PortalClient {
                             if let (Mode::OAuth(m), Some(c)) = (&*self.mode, &creds) {
                                 refreshed = true;
                                 self.refresh(m, c.version, req.deadline_ms).await?;
+                                continue;
+                            }
+                            return Err(err);
+                        }
+                        // A token the portal does not know: after a reinstall
+                        // another process may have stored a new pair. Use it
+                        // once if there is one; otherwise the error stands.
+                        ErrorClass::PortalGone
+                            if !refreshed && e.code == wire::ErrorCode::InvalidToken =>
+                        {
+                            if let (Mode::OAuth(m), Some(c)) = (&*self.mode, &creds)
+                                && let Some(newer) = inner.store()?.load(m).await?
+                                && newer.version > c.version
+                            {
+                                refreshed = true;
+                                self.set_cached(newer);
                                 continue;
                             }
                             return Err(err);

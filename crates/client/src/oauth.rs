@@ -141,3 +141,54 @@ mod tests {
         assert!(matches!(r, Err(RefreshError::Other(_))));
     }
 }
+
+/// The OAuth server's own `app.info` (protocol §5.12, second variant): what
+/// the server says about an access token — `client_id`, and under `install`
+/// the portal's `member_id`, `domain` and `client_endpoint`. The gateway
+/// verifies an install with it before trusting anything the request said.
+/// The URL is the configured OAuth server's, derived from its token URL.
+pub(crate) async fn app_info(
+    http: &reqwest::Client,
+    app: Option<&OAuthApp>,
+    token: &wire::AccessToken,
+    timeout: Duration,
+) -> Result<serde_json::Value, Error> {
+    let app = app.ok_or_else(|| Error::Config("no OAuth app configured".into()))?;
+    let base = app
+        .token_url
+        .strip_suffix("/oauth/token/")
+        .ok_or_else(|| Error::Config("oauth token URL does not end in /oauth/token/".into()))?;
+    let query = form::encode(&FormMap::new().with("auth", token.expose_secret()));
+    let url = format!("{base}/rest/app.info?{query}");
+    let resp = http
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| Error::Transport {
+            method: "app.info".into(),
+            kind: if e.is_connect() {
+                crate::error::TransportKind::Connect
+            } else {
+                crate::error::TransportKind::Timeout
+            },
+            message: describe(&e),
+        })?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+        method: "app.info".into(),
+        kind: crate::error::TransportKind::Timeout,
+        message: describe(&e),
+    })?;
+    match wire::rest::parse_response(status, &bytes) {
+        Ok(s) => Ok(s.result),
+        Err(RestError::Api(error)) => Err(Error::Api {
+            method: "app.info".into(),
+            error,
+        }),
+        Err(error) => Err(Error::Response {
+            method: "app.info".into(),
+            error,
+        }),
+    }
+}

@@ -215,3 +215,43 @@ async fn in_memory_store_refreshes_once_and_records_renames() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstall_stored_by_another_process_is_picked_up_on_invalid_token() {
+    bounded(async {
+        let f = fixture().await;
+        let p = f.portal_client();
+        p.call("profile", json!({})).await.unwrap();
+        // Reinstall: the old tokens are revoked; the engine (elsewhere)
+        // stores the new pair.
+        let info = f
+            .emu
+            .reinstall(
+                &f.member.to_string(),
+                b24emu::InstallSpec {
+                    client_id: f.client_id.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let t = &info.tokens;
+        f.db.store
+            .save_credentials(
+                f.member.as_str(),
+                &store::TokenSet {
+                    access: wire::AccessToken::parse(&t.access_token).unwrap(),
+                    refresh: wire::RefreshToken::parse(&t.refresh_token).unwrap(),
+                    expires_at: t.expires * 1000,
+                    scope: t.scope.clone(),
+                    user_id: Some(t.user_id as i64),
+                },
+                Clock::system().now_ms(),
+            )
+            .await
+            .unwrap();
+        let oauth = f.stat("oauth_requests");
+        p.call("profile", json!({})).await.unwrap();
+        assert_eq!(f.stat("oauth_requests"), oauth, "no refresh needed");
+    })
+    .await;
+}
