@@ -95,53 +95,6 @@ fn describe(e: &reqwest::Error) -> String {
     kind.to_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn incomplete_token_answers_are_rejected_not_stored() {
-        for body in [
-            r#"{"refresh_token":"r1","expires_in":3600}"#,
-            r#"{"access_token":"a1","expires_in":3600}"#,
-            r#"{"access_token":"a1","refresh_token":"r1"}"#,
-            r#"<html>"#,
-        ] {
-            match token_set(200, body.as_bytes(), 0) {
-                Err(RefreshError::Other(Error::Refresh(msg))) => {
-                    assert!(!msg.contains("a1") && !msg.contains("r1"), "{msg}")
-                }
-                _ => panic!("{body} accepted"),
-            }
-        }
-        let t = token_set(
-            200,
-            br#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"scope":"crm,user"}"#,
-            1_000,
-        )
-        .ok()
-        .unwrap();
-        assert_eq!(t.expires_at_ms, 3_601_000);
-        assert_eq!(t.scope, "crm,user");
-    }
-
-    #[test]
-    fn invalid_grant_means_reauth() {
-        let r = token_set(
-            400,
-            br#"{"error":"invalid_grant","error_description":"x"}"#,
-            0,
-        );
-        assert!(matches!(r, Err(RefreshError::Refused(c)) if c == "invalid_grant"));
-        let r = token_set(
-            401,
-            br#"{"error":"invalid_client","error_description":"x"}"#,
-            0,
-        );
-        assert!(matches!(r, Err(RefreshError::Other(_))));
-    }
-}
-
 /// The OAuth server's own `app.info` (protocol §5.12, second variant): what
 /// the server says about an access token — `client_id`, and under `install`
 /// the portal's `member_id`, `domain` and `client_endpoint`. The gateway
@@ -190,5 +143,52 @@ pub(crate) async fn app_info(
             method: "app.info".into(),
             error,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_token_answers_are_rejected_not_stored() {
+        for body in [
+            r#"{"refresh_token":"r1","expires_in":3600}"#,
+            r#"{"access_token":"a1","expires_in":3600}"#,
+            r#"{"access_token":"a1","refresh_token":"r1"}"#,
+            r#"<html>"#,
+        ] {
+            match token_set(200, body.as_bytes(), 0) {
+                Err(RefreshError::Other(Error::Refresh(msg))) => {
+                    assert!(!msg.contains("a1") && !msg.contains("r1"), "{msg}")
+                }
+                _ => panic!("{body} accepted"),
+            }
+        }
+        let t = token_set(
+            200,
+            br#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"scope":"crm,user"}"#,
+            1_000,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(t.expires_at_ms, 3_601_000);
+        assert_eq!(t.scope, "crm,user");
+    }
+
+    #[test]
+    fn invalid_grant_means_reauth() {
+        let r = token_set(
+            400,
+            br#"{"error":"invalid_grant","error_description":"x"}"#,
+            0,
+        );
+        assert!(matches!(r, Err(RefreshError::Refused(c)) if c == "invalid_grant"));
+        let r = token_set(
+            401,
+            br#"{"error":"invalid_client","error_description":"x"}"#,
+            0,
+        );
+        assert!(matches!(r, Err(RefreshError::Other(_))));
     }
 }

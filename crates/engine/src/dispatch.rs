@@ -22,6 +22,7 @@ pub mod kinds {
     pub const UNINSTALL: &str = "uninstall";
     pub const METHOD_CONFIRM: &str = "method_confirm";
     pub const OFFLINE_DRAIN: &str = "offline_drain";
+    pub const RECONCILE: &str = "reconcile";
 }
 
 /// The inbox event name of an installer POST (must match the server's).

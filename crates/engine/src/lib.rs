@@ -10,6 +10,7 @@
 //! - [`retry`]: [`retry::RetrySchedule`], jittered job retry schedules.
 //! - [`forward`]: Standard Webhooks delivery to the app's targets
 //!   ([`forward::Forwarder`]) and the in-process [`forward::EventHandler`].
+//! - [`lifecycle`]: install (verify, record, bring up), update, reconcile.
 //! - [`reconcile`]: desired vs actual bindings, the plan, bind/unbind calls.
 //! - [`uninstall`]: `ONAPPUNINSTALL` and the retention policy; purges.
 //!
@@ -20,6 +21,7 @@ pub mod config;
 pub mod dispatch;
 pub mod env;
 pub mod forward;
+pub mod lifecycle;
 pub mod reconcile;
 pub mod retry;
 pub mod runner;
@@ -55,6 +57,25 @@ pub fn install_tls_provider() {
 pub enum EngineError {
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("cannot build the REST client: {0}")]
+    Client(#[from] client::Error),
+}
+
+/// The REST client's configuration from the manifest: the OAuth server and
+/// app, the allow-list (plus plain http only with
+/// `server.allow_insecure_http`).
+pub fn client_config(config: &Config, secrets: &Secrets) -> client::ClientConfig {
+    client::ClientConfig {
+        oauth: secrets
+            .client_secret
+            .clone()
+            .map(|s| client::OAuthApp::new(&config.app.oauth_url, &config.app.client_id, s)),
+        allow: client::AllowList::new(
+            config.app.allowed_domains.iter().cloned(),
+            config.server.allow_insecure_http,
+        ),
+        ..client::ClientConfig::default()
+    }
 }
 
 /// Intervals and sizes of the engine's loops.
@@ -71,6 +92,13 @@ pub struct EngineOptions {
     pub housekeeping_every: Duration,
     /// Completed jobs are kept this long (for `b24gate jobs`).
     pub keep_completed: Duration,
+    /// The REST client's configuration; `None` derives it from the manifest
+    /// ([`client_config`]). Tests shrink limits here.
+    pub client: Option<client::ClientConfig>,
+    /// Reconciler settings beyond the manifest.
+    pub reconcile: reconcile::ReconcileOptions,
+    /// The clock the REST client waits on.
+    pub clock: client::Clock,
 }
 
 impl Default for EngineOptions {
@@ -82,6 +110,9 @@ impl Default for EngineOptions {
             forward_schedule: retry::RetrySchedule::forwarding(),
             housekeeping_every: Duration::from_secs(30),
             keep_completed: Duration::from_secs(24 * 3600),
+            client: None,
+            reconcile: reconcile::ReconcileOptions::default(),
+            clock: client::Clock::system(),
         }
     }
 }
@@ -89,6 +120,7 @@ impl Default for EngineOptions {
 /// The engine before it runs: configuration, store and job handlers.
 pub struct Engine {
     store: store::Store,
+    client: client::Client,
     config: Arc<Config>,
     now: NowFn,
     handlers: runner::Handlers,
@@ -124,7 +156,38 @@ impl Engine {
             now.clone(),
             opts.forward_timeout,
         )?);
+        let env = Arc::new(env::StoreEnv {
+            store: store.clone(),
+        });
+        let client = client::Client::new(
+            opts.client
+                .clone()
+                .unwrap_or_else(|| client_config(&config, secrets)),
+            env.clone(),
+            env,
+            opts.clock.clone(),
+        )?;
+        let lifecycle = Arc::new(lifecycle::Lifecycle {
+            store: store.clone(),
+            client: client.clone(),
+            config: config.clone(),
+            now: now.clone(),
+            reconcile: opts.reconcile.clone(),
+        });
         let mut handlers = runner::Handlers::default();
+        for kind in [
+            dispatch::kinds::INSTALL,
+            dispatch::kinds::UPDATE,
+            dispatch::kinds::RECONCILE,
+        ] {
+            handlers.insert(
+                kind,
+                Arc::new(lifecycle::Step {
+                    lifecycle: lifecycle.clone(),
+                    kind,
+                }),
+            );
+        }
         handlers.insert(forward::FORWARD, forwarder.clone());
         handlers.insert(
             dispatch::kinds::UNINSTALL,
@@ -136,6 +199,7 @@ impl Engine {
         );
         Ok(Engine {
             store,
+            client,
             config,
             now,
             handlers,
@@ -158,6 +222,11 @@ impl Engine {
         );
         self.in_process = true;
         self
+    }
+
+    /// The REST client the engine calls portals with.
+    pub fn client(&self) -> &client::Client {
+        &self.client
     }
 
     /// Registers (or replaces) the handler of a job kind.
@@ -276,6 +345,9 @@ async fn housekeeping(
         if let Err(e) = store.expire_stale_installs(t - ttl, t).await {
             tracing::warn!(error = %e, "expiring stale installs failed");
         }
+        if let Err(e) = drift_check(&store, &config, t).await {
+            tracing::warn!(error = %e, "drift check failed");
+        }
         let keep = opts.keep_completed.as_millis() as i64;
         if let Err(e) = store.prune_jobs(t - keep, 10_000).await {
             tracing::warn!(error = %e, "pruning jobs failed");
@@ -285,4 +357,38 @@ async fn housekeeping(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Version drift (BRIEF §2 "Update"): an installed portal recorded below the
+/// manifest version gets a reconcile job — `ONAPPUPDATE` is not relied on.
+pub async fn drift_check(store: &store::Store, config: &Config, now: i64) -> store::Result<usize> {
+    let mut n = 0;
+    for p in store.list_portals().await? {
+        if p.status != store::PortalStatus::Installed
+            || p.installed_version.is_some_and(|v| v >= config.app.version)
+        {
+            continue;
+        }
+        let m = p.member_id.as_str();
+        let payload = serde_json::json!({"member_id": m, "reason": "version drift"});
+        let unique = format!("reconcile:{m}");
+        let serial = format!("portal:{m}");
+        let job = store::NewJob {
+            kind: dispatch::kinds::RECONCILE,
+            member_id: Some(m),
+            serial_key: Some(&serial),
+            unique_key: Some(&unique),
+            calls_portal: true,
+            payload: &payload,
+            max_attempts: retry::RetrySchedule::lifecycle().max_attempts(),
+            run_at: now,
+        };
+        if matches!(
+            store.enqueue_job(&job, now).await?,
+            store::Enqueued::Created(_)
+        ) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
