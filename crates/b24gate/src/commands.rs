@@ -167,32 +167,23 @@ async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     let store = Store::open(&config.server.database_url, keys, &OpenOptions::default()).await?;
     store.migrate().await?;
-    let config = std::sync::Arc::new(config);
-    let mut opts = engine::EngineOptions::default();
-    opts.runner.workers = config.server.workers as usize;
-    let engine = engine::Engine::new(
-        config.clone(),
+    let mut opts = crate::gateway::GatewayOptions::default();
+    opts.engine.runner.workers = config.server.workers as usize;
+    let gateway = crate::gateway::Gateway::start(
+        std::sync::Arc::new(config),
         &secrets,
         store.clone(),
-        engine::system_now(),
+        listener,
         opts,
     )
-    .map_err(anyhow::Error::from)?
-    .start();
-    let ingest = server::IngestConfig {
-        body_limit: config.server.body_limit_bytes as usize,
-        ..server::IngestConfig::default()
-    };
-    let state = server::AppState::with_waker(store.clone(), ingest, Some(engine.inbox_waker()));
-    tracing::info!(listen = %config.server.listen, "b24gate serving");
+    .await?;
+    tracing::info!(url = %gateway.url, "b24gate serving");
     eprintln!(
         "b24gate: serving on {}",
-        listener.local_addr().map_err(anyhow::Error::from)?
+        gateway.url.trim_start_matches("http://")
     );
-    server::serve(listener, state, shutdown_signal())
-        .await
-        .map_err(anyhow::Error::from)?;
-    engine.shutdown().await;
+    shutdown_signal().await;
+    gateway.shutdown().await;
     store.close().await;
     Ok(())
 }

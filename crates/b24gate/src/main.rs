@@ -1,11 +1,9 @@
 //! The `b24gate` binary: parse arguments, load the configuration, run the
 //! command. Everything else lives in the library crates.
 
-mod cli;
-mod commands;
-
 use std::process::ExitCode;
 
+use b24gate::{cli, commands};
 use clap::Parser;
 
 fn main() -> ExitCode {

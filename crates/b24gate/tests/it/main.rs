@@ -1,3 +1,6 @@
-//! The `b24gate` binary driven as a user would: arguments, exit codes, files.
+//! The `b24gate` binary driven as a user would (arguments, exit codes,
+//! files), and the whole gateway against b24emu end to end.
 
 mod cli;
+mod harness;
+mod lifecycle;

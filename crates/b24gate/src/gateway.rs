@@ -1,0 +1,88 @@
+//! A whole gateway in one process: the store, the engine (dispatcher, worker
+//! pool, housekeeping) and the HTTP server on a bound listener.
+
+use std::sync::Arc;
+
+use engine::{Config, EngineOptions, RunningEngine, Secrets};
+use store::Store;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What may be tuned beyond the configuration.
+#[derive(Default)]
+pub struct GatewayOptions {
+    pub engine: EngineOptions,
+    pub ingest: server::IngestConfig,
+    /// Receives every event in this process (library use), besides targets.
+    pub handler: Option<Arc<dyn engine::forward::EventHandler>>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// `http://addr` of the listener.
+    pub url: String,
+    pub store: Store,
+    pub client: client::Client,
+    pub stats: Arc<server::IngestStats>,
+    engine: RunningEngine,
+    server: JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Gateway {
+    /// Starts everything on `listener`; `store` must be migrated.
+    pub async fn start(
+        config: Arc<Config>,
+        secrets: &Secrets,
+        store: Store,
+        listener: TcpListener,
+        opts: GatewayOptions,
+    ) -> anyhow::Result<Gateway> {
+        let addr = listener.local_addr()?;
+        let mut engine = engine::Engine::new(
+            config.clone(),
+            secrets,
+            store.clone(),
+            engine::system_now(),
+            opts.engine,
+        )?;
+        if let Some(h) = opts.handler {
+            engine = engine.with_event_handler(h);
+        }
+        let client = engine.client().clone();
+        let engine = engine.start();
+        let ingest = server::IngestConfig {
+            body_limit: config.server.body_limit_bytes as usize,
+            ..opts.ingest
+        };
+        let state = server::AppState::with_waker(store.clone(), ingest, Some(engine.inbox_waker()));
+        let stats = state.stats.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Gateway {
+            url: format!("http://{addr}"),
+            store,
+            client,
+            stats,
+            engine,
+            server,
+            stop,
+        })
+    }
+
+    /// Health of the forwarding targets, by name.
+    pub fn target_health(
+        &self,
+    ) -> std::collections::HashMap<String, engine::forward::TargetHealth> {
+        self.engine.target_health()
+    }
+
+    /// Stops accepting requests, drains them, then stops the engine.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        self.engine.shutdown().await;
+    }
+}

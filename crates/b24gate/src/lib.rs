@@ -1,0 +1,7 @@
+//! The `b24gate` binary's library half: command-line parsing, the commands,
+//! and [`gateway::Gateway`], which wires store, engine and server together
+//! (used by `serve`, `demo` and the end-to-end tests).
+
+pub mod cli;
+pub mod commands;
+pub mod gateway;

@@ -1,0 +1,238 @@
+//! One emulator farm, one gateway (SQLite, engine, server on loopback) and a
+//! receiver standing in for the app.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use b24emu::{AppKind, AppSpec, Emulator, EmulatorConfig, InstallSpec, PortalInfo, PortalSpec};
+use b24gate::gateway::{Gateway, GatewayOptions};
+use engine::{Config, EngineOptions};
+use store::{Keyring, OpenOptions, PortalStatus, Store};
+
+pub const TARGET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub events: Arc<Mutex<HashMap<String, serde_json::Value>>>,
+    pub requests: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, String) {
+        let r = Receiver::default();
+        let app = axum::Router::new()
+            .route("/hooks", axum::routing::post(hook))
+            .with_state(r.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (r, url)
+    }
+
+    pub fn of(&self, event: &str) -> Vec<serde_json::Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|v| v["event"] == event)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn hook(
+    State(r): State<Receiver>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> StatusCode {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    r.events.lock().unwrap().insert(id, v);
+    StatusCode::OK
+}
+
+pub struct World {
+    pub emu: Emulator,
+    pub gate: Option<Gateway>,
+    pub store: Store,
+    pub client_id: String,
+    pub receiver: Receiver,
+    pub config: Arc<Config>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn fast_engine() -> EngineOptions {
+    let mut o = EngineOptions::default();
+    o.runner.poll = Duration::from_millis(20);
+    o.runner.lease = Duration::from_secs(5);
+    o.dispatch_every = Duration::from_millis(20);
+    o.forward_schedule =
+        engine::retry::RetrySchedule::new(vec![Duration::from_millis(50); 10], 0.2);
+    o
+}
+
+impl World {
+    /// `manifest` is appended to the generated configuration (bindings,
+    /// placements, migrations…); `installer` selects install flow B.
+    pub async fn start(manifest: &str, installer: bool) -> World {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gate_url = format!("http://{}", listener.local_addr().unwrap());
+        let (receiver, hook_url) = Receiver::start().await;
+        let app = emu
+            .create_app(AppSpec {
+                client_id: None,
+                client_secret: None,
+                scopes: ["crm", "placement", "user_brief", "telephony"]
+                    .map(String::from)
+                    .into(),
+                version: Some(1),
+                install_url: format!("{gate_url}/b24/install"),
+                installer,
+                kind: AppKind::Local,
+                update_event: None,
+            })
+            .unwrap();
+        let text = format!(
+            r#"
+[server]
+public_url = "{gate_url}"
+allow_insecure_http = true
+[app]
+client_id = "{client_id}"
+version = 1
+scopes = ["crm", "placement", "user_brief"]
+oauth_url = "{oauth}"
+allowed_domains = ["127.0.0.1", "*.localhost"]
+installer = {installer}
+[[target]]
+name = "app"
+url = "{hook_url}"
+{manifest}
+"#,
+            client_id = app.client_id,
+            oauth = emu.oauth_url(),
+        );
+        let env = vec![
+            (
+                "B24GATE_APP_CLIENT_SECRET".to_owned(),
+                app.client_secret.clone(),
+            ),
+            (
+                "B24GATE_TARGET_APP_SECRET".to_owned(),
+                TARGET_SECRET.to_owned(),
+            ),
+        ];
+        let (config, secrets) = Config::load(&text, env).unwrap();
+        let config = Arc::new(config);
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gate.db").display());
+        let store = Store::open(
+            &url,
+            Keyring::from_hex(&"42".repeat(32)).unwrap(),
+            &OpenOptions::default(),
+        )
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        let gate = Gateway::start(
+            config.clone(),
+            &secrets,
+            store.clone(),
+            listener,
+            GatewayOptions {
+                engine: fast_engine(),
+                ..GatewayOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        World {
+            emu,
+            gate: Some(gate),
+            store,
+            client_id: app.client_id,
+            receiver,
+            config,
+            _dir: dir,
+        }
+    }
+
+    pub fn portal(&self, name: &str, features: &[&str]) -> PortalInfo {
+        self.emu
+            .create_portal(PortalSpec {
+                name: Some(name.into()),
+                features: features.iter().map(|s| s.to_string()).collect(),
+                ..PortalSpec::default()
+            })
+            .unwrap()
+    }
+
+    pub fn install(&self, member_id: &str) {
+        self.emu
+            .install(
+                member_id,
+                InstallSpec {
+                    client_id: self.client_id.clone(),
+                    ..InstallSpec::default()
+                },
+            )
+            .unwrap();
+    }
+
+    /// Waits until `cond` holds, polling; fails with `what` after `within`.
+    pub async fn until<F, Fut>(&self, what: &str, within: Duration, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        while !cond().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn status(&self, member_id: &str) -> Option<PortalStatus> {
+        self.store
+            .get_portal(member_id)
+            .await
+            .unwrap()
+            .map(|p| p.status)
+    }
+
+    pub async fn wait_status(&self, member_id: &str, want: PortalStatus) {
+        let store = self.store.clone();
+        let m = member_id.to_owned();
+        self.until(
+            &format!("portal status {want}"),
+            Duration::from_secs(30),
+            || {
+                let store = store.clone();
+                let m = m.clone();
+                async move { store.get_portal(&m).await.unwrap().map(|p| p.status) == Some(want) }
+            },
+        )
+        .await;
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gate.take() {
+            g.shutdown().await;
+        }
+        self.emu.shutdown().await;
+    }
+}

@@ -1,0 +1,99 @@
+use std::time::Duration;
+
+use b24emu::ChangeSpec;
+use store::PortalStatus;
+
+use crate::harness::World;
+
+const MANIFEST: &str = r#"
+[[binding]]
+event = "ONCRMDEALADD"
+owner = "app"
+[[binding]]
+event = "ONCRMDEALUPDATE"
+mode = "offline"
+owner = "app"
+[[placement]]
+code = "CRM_DEAL_DETAIL_TAB"
+handler = "https://app.example.com/deal-tab"
+title = "Deal tab"
+"#;
+
+fn deal_added(count: u64, user_id: u64) -> ChangeSpec {
+    ChangeSpec {
+        entity: "deal".into(),
+        action: "add".into(),
+        count,
+        user_id,
+        id: None,
+        client_id: None,
+        auth_connector: String::new(),
+        fields: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn install_flow_a_verifies_binds_and_events_reach_the_app() {
+    let w = World::start(MANIFEST, false).await;
+    let p = w.portal("acme", &["rest_offline_extended"]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+
+    let portal = w.store.get_portal(&p.member_id).await.unwrap().unwrap();
+    assert_eq!(
+        portal.client_endpoint, p.client_endpoint,
+        "endpoint from the OAuth server"
+    );
+    assert_eq!(portal.installed_version, Some(1));
+    assert_eq!(portal.install_flow.as_deref(), Some("event"));
+    assert_eq!(portal.profile["features"]["rest_offline_extended"], true);
+    let matrix = w.store.binding_matrix(Some(&p.member_id)).await.unwrap();
+    let state = |name: &str, mode: &str| {
+        matrix
+            .iter()
+            .find(|r| r.record.key.name == name && r.record.key.mode == mode)
+            .map(|r| r.record.state.clone())
+    };
+    assert_eq!(
+        state("ONCRMDEALADD", "online").as_deref(),
+        Some("bound"),
+        "{matrix:#?}"
+    );
+    assert_eq!(
+        state("ONCRMDEALUPDATE", "offline").as_deref(),
+        Some("bound")
+    );
+    assert_eq!(state("ONAPPUNINSTALL", "online").as_deref(), Some("bound"));
+    assert_eq!(
+        state("CRM_DEAL_DETAIL_TAB", "online").as_deref(),
+        Some("bound")
+    );
+    // The portal really has them.
+    let emu_state = w.emu.portal_state(&p.member_id).unwrap();
+    let emu_text = emu_state.to_string();
+    assert!(emu_text.contains("ONCRMDEALADD"), "{emu_state}");
+    assert!(emu_text.contains("CRM_DEAL_DETAIL_TAB"), "{emu_state}");
+
+    w.emu.changes(&p.member_id, deal_added(3, 1)).unwrap();
+    let r = w.receiver.clone();
+    w.until("3 deals forwarded", Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { r.of("ONCRMDEALADD").len() == 3 }
+    })
+    .await;
+    let ev = &w.receiver.of("ONCRMDEALADD")[0];
+    assert_eq!(ev["portal"]["member_id"], p.member_id.as_str());
+    assert_eq!(ev["source"], "online");
+    let audit = w
+        .store
+        .list_audit(&store::AuditFilter {
+            member_id: Some(&p.member_id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert!(actions.contains(&"install.verified"), "{actions:?}");
+    assert!(actions.contains(&"install.completed"), "{actions:?}");
+    w.shutdown().await;
+}
