@@ -11,6 +11,7 @@
 //! - [`forward`]: Standard Webhooks delivery to the app's targets
 //!   ([`forward::Forwarder`]) and the in-process [`forward::EventHandler`].
 //! - [`lifecycle`]: install (verify, record, bring up), update, reconcile.
+//! - [`offline`]: the crash-safe offline-event drain.
 //! - [`reconcile`]: desired vs actual bindings, the plan, bind/unbind calls.
 //! - [`uninstall`]: `ONAPPUNINSTALL` and the retention policy; purges.
 //!
@@ -22,6 +23,7 @@ pub mod dispatch;
 pub mod env;
 pub mod forward;
 pub mod lifecycle;
+pub mod offline;
 pub mod reconcile;
 pub mod retry;
 pub mod runner;
@@ -99,6 +101,11 @@ pub struct EngineOptions {
     pub reconcile: reconcile::ReconcileOptions,
     /// The clock the REST client waits on.
     pub clock: client::Clock,
+    /// Offline drain settings.
+    pub drain: offline::DrainOptions,
+    /// How often every portal with offline bindings is drained even without
+    /// an `ONOFFLINEEVENT` (which may be lost: it is an online event).
+    pub drain_every: Duration,
 }
 
 impl Default for EngineOptions {
@@ -113,6 +120,8 @@ impl Default for EngineOptions {
             client: None,
             reconcile: reconcile::ReconcileOptions::default(),
             clock: client::Clock::system(),
+            drain: offline::DrainOptions::default(),
+            drain_every: Duration::from_secs(60),
         }
     }
 }
@@ -188,6 +197,16 @@ impl Engine {
                 }),
             );
         }
+        handlers.insert(
+            dispatch::kinds::OFFLINE_DRAIN,
+            Arc::new(offline::Drainer {
+                store: store.clone(),
+                client: client.clone(),
+                config: config.clone(),
+                now: now.clone(),
+                opts: opts.drain.clone(),
+            }),
+        );
         handlers.insert(forward::FORWARD, forwarder.clone());
         handlers.insert(
             dispatch::kinds::UNINSTALL,
@@ -336,6 +355,7 @@ async fn housekeeping(
     opts: EngineOptions,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut last_drain = i64::MIN;
     loop {
         let t = now();
         if let Err(e) = uninstall::purge_due(&store, t).await {
@@ -347,6 +367,13 @@ async fn housekeeping(
         }
         if let Err(e) = drift_check(&store, &config, t).await {
             tracing::warn!(error = %e, "drift check failed");
+        }
+        let every = opts.drain_every.as_millis() as i64;
+        if t.saturating_sub(last_drain) >= every && !offline::connectors(&config).is_empty() {
+            last_drain = t;
+            if let Err(e) = schedule_drains(&store, t).await {
+                tracing::warn!(error = %e, "scheduling offline drains failed");
+            }
         }
         let keep = opts.keep_completed.as_millis() as i64;
         if let Err(e) = store.prune_jobs(t - keep, 10_000).await {
@@ -378,6 +405,47 @@ pub async fn drift_check(store: &store::Store, config: &Config, now: i64) -> sto
             member_id: Some(m),
             serial_key: Some(&serial),
             unique_key: Some(&unique),
+            calls_portal: true,
+            payload: &payload,
+            max_attempts: retry::RetrySchedule::lifecycle().max_attempts(),
+            run_at: now,
+        };
+        if matches!(
+            store.enqueue_job(&job, now).await?,
+            store::Enqueued::Created(_)
+        ) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Enqueues an offline drain for every installed portal with a bound
+/// offline binding (one live drain per portal: the unique key).
+pub async fn schedule_drains(store: &store::Store, now: i64) -> store::Result<usize> {
+    let mut n = 0;
+    let rows = store.binding_matrix(None).await?;
+    let mut members: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.record.key.mode == "offline" && r.record.state == "bound")
+        .map(|r| r.member_id.as_str())
+        .collect();
+    members.dedup();
+    for m in members {
+        if !store
+            .get_portal(m)
+            .await?
+            .is_some_and(|p| p.status.allows_rest())
+        {
+            continue;
+        }
+        let payload = serde_json::json!({"member_id": m});
+        let key = format!("drain:{m}");
+        let job = store::NewJob {
+            kind: dispatch::kinds::OFFLINE_DRAIN,
+            member_id: Some(m),
+            serial_key: Some(&key),
+            unique_key: Some(&key),
             calls_portal: true,
             payload: &payload,
             max_attempts: retry::RetrySchedule::lifecycle().max_attempts(),

@@ -72,7 +72,7 @@ fn retry(e: impl std::fmt::Display) -> JobError {
 
 /// Maps a client error to a job outcome: transient faults retry, a portal
 /// that is gone or refuses us is permanent.
-fn client_failure(e: client::Error) -> JobError {
+pub(crate) fn client_failure(e: client::Error) -> JobError {
     use client::Error as E;
     match &e {
         E::PortalInactive { .. }

@@ -25,6 +25,9 @@ pub struct DrainState {
     /// The reservation in flight: set before its rows are stored, cleared
     /// only after `event.offline.clear` succeeded.
     pub process_id: Option<String>,
+    /// A reserve was in flight when the drain last stopped: a reservation
+    /// may exist whose id was never recorded.
+    pub reserving: bool,
     pub reserved_at: Option<i64>,
     pub last_drain_at: Option<i64>,
     pub drained_total: i64,
@@ -38,6 +41,8 @@ pub struct DrainUpdate<'a> {
     pub member_id: &'a str,
     pub connector: &'a str,
     pub process_id: Option<&'a str>,
+    /// A reserve is about to be sent (or none is in flight: false).
+    pub reserving: bool,
     /// Rows stored by this step (added to the total).
     pub drained: i64,
     /// Rows marked with `event.offline.error` by this step.
@@ -137,7 +142,7 @@ impl Store {
         member_id: &str,
         connector: &str,
     ) -> Result<Option<DrainState>> {
-        const SQL: &str = "SELECT member_id, connector, process_id, reserved_at, last_drain_at, \
+        const SQL: &str = "SELECT member_id, connector, process_id, reserving, reserved_at, last_drain_at, \
             drained_total, error_total, last_error FROM offline_drains WHERE member_id = $1 AND connector = $2";
         let row = with_pool!(self, read, |p| sqlx::query_as::<_, DrainState>(SQL)
             .bind(member_id)
@@ -149,7 +154,7 @@ impl Store {
 
     /// Every drain state (status, metrics).
     pub async fn drain_states(&self) -> Result<Vec<DrainState>> {
-        const SQL: &str = "SELECT member_id, connector, process_id, reserved_at, last_drain_at, \
+        const SQL: &str = "SELECT member_id, connector, process_id, reserving, reserved_at, last_drain_at, \
             drained_total, error_total, last_error FROM offline_drains ORDER BY member_id, connector";
         let rows = with_pool!(self, read, |p| sqlx::query_as::<_, DrainState>(SQL)
             .fetch_all(p)
@@ -162,9 +167,10 @@ impl Store {
     /// batch's counts.
     pub async fn set_drain_process(&self, u: &DrainUpdate<'_>, now: UnixMillis) -> Result<()> {
         const SQL: &str = "INSERT INTO offline_drains (member_id, connector, process_id, reserved_at, \
-            last_drain_at, drained_total, error_total, last_error, updated_at) \
-            VALUES ($1, $2, $3, CASE WHEN $3 IS NULL THEN NULL ELSE $7 END, $7, $4, $5, $6, $7) \
+            last_drain_at, drained_total, error_total, last_error, updated_at, reserving) \
+            VALUES ($1, $2, $3, CASE WHEN $3 IS NULL THEN NULL ELSE $7 END, $7, $4, $5, $6, $7, $8) \
             ON CONFLICT (member_id, connector) DO UPDATE SET process_id = excluded.process_id, \
+            reserving = excluded.reserving, \
             reserved_at = CASE WHEN excluded.process_id IS NULL THEN NULL \
                 WHEN offline_drains.process_id = excluded.process_id THEN offline_drains.reserved_at \
                 ELSE excluded.reserved_at END, \
@@ -181,6 +187,7 @@ impl Store {
             .bind(u.errors)
             .bind(u.last_error)
             .bind(now)
+            .bind(u.reserving)
             .execute(p)
             .await
             .map(|_| ()))?;

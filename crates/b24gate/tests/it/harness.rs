@@ -66,7 +66,6 @@ pub struct World {
     pub store: Store,
     pub client_id: String,
     pub receiver: Receiver,
-    pub config: Arc<Config>,
     _dir: tempfile::TempDir,
 }
 
@@ -163,7 +162,6 @@ url = "{hook_url}"
             store,
             client_id: app.client_id,
             receiver,
-            config,
             _dir: dir,
         }
     }
@@ -204,14 +202,6 @@ url = "{hook_url}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-    }
-
-    pub async fn status(&self, member_id: &str) -> Option<PortalStatus> {
-        self.store
-            .get_portal(member_id)
-            .await
-            .unwrap()
-            .map(|p| p.status)
     }
 
     pub async fn wait_status(&self, member_id: &str, want: PortalStatus) {

@@ -97,3 +97,67 @@ async fn install_flow_a_verifies_binds_and_events_reach_the_app() {
     assert!(actions.contains(&"install.completed"), "{actions:?}");
     w.shutdown().await;
 }
+
+fn deals_updated(count: u64, user_id: u64) -> ChangeSpec {
+    ChangeSpec {
+        action: "update".into(),
+        ..deal_added(count, user_id)
+    }
+}
+
+fn offline_queue(w: &World, member_id: &str) -> serde_json::Value {
+    let s = w.emu.portal_state(member_id).unwrap();
+    s["apps"][0]["offline_queue"].clone()
+}
+
+#[tokio::test]
+async fn offline_events_are_drained_stored_then_cleared() {
+    let w = World::start(MANIFEST, false).await;
+    let p = w.portal("acme", &["rest_offline_extended"]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    w.emu.changes(&p.member_id, deal_added(120, 1)).unwrap();
+    w.emu.changes(&p.member_id, deals_updated(120, 1)).unwrap();
+    let r = w.receiver.clone();
+    w.until(
+        "120 offline updates forwarded",
+        Duration::from_secs(60),
+        || {
+            let r = r.clone();
+            async move { r.of("ONCRMDEALUPDATE").len() == 120 }
+        },
+    )
+    .await;
+    let ups = w.receiver.of("ONCRMDEALUPDATE");
+    assert!(ups.iter().all(|e| e["source"] == "offline"));
+    let ids: std::collections::BTreeSet<_> = ups
+        .iter()
+        .map(|e| {
+            e["data"]["FIELDS"]["ID"]
+                .to_string()
+                .trim_matches('"')
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 120, "every deal once");
+    let q = offline_queue(&w, &p.member_id);
+    assert_eq!(q["size"], 0, "the portal's queue ends empty: {q}");
+    let d = w
+        .store
+        .drain_state(&p.member_id, "")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.process_id, None);
+    assert!(!d.reserving);
+    assert_eq!(d.drained_total, 120);
+    // A second change of the same deals is a new occurrence, not a duplicate.
+    w.emu.changes(&p.member_id, deals_updated(5, 1)).unwrap();
+    let r = w.receiver.clone();
+    w.until("5 more offline updates", Duration::from_secs(60), || {
+        let r = r.clone();
+        async move { r.of("ONCRMDEALUPDATE").len() == 125 }
+    })
+    .await;
+    w.shutdown().await;
+}

@@ -139,6 +139,9 @@ CREATE TABLE offline_drains (
     member_id     TEXT NOT NULL REFERENCES portals (member_id) ON DELETE CASCADE,
     connector     TEXT NOT NULL DEFAULT '',
     process_id    TEXT,
+    -- Set while a reserve (event.offline.get clear=0) is in flight: a crash
+    -- then leaves a reservation we never learnt the id of, to be found again.
+    reserving     BOOLEAN NOT NULL DEFAULT FALSE,
     reserved_at   BIGINT,
     last_drain_at BIGINT,
     drained_total BIGINT NOT NULL DEFAULT 0,

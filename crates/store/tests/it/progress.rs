@@ -110,6 +110,20 @@ async fn drain_keeps_its_process_id_until_cleared(db: &TestDb) {
     .unwrap();
     let d = s.drain_state(m, "").await.unwrap().unwrap();
     assert_eq!(d.process_id.as_deref(), Some("p1"));
+    assert!(!d.reserving);
+    s.set_drain_process(
+        &DrainUpdate {
+            member_id: m,
+            connector: "",
+            process_id: Some("p1"),
+            reserving: true,
+            ..Default::default()
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    assert!(s.drain_state(m, "").await.unwrap().unwrap().reserving);
     assert_eq!(d.reserved_at, Some(T0));
     // Re-recording the same reservation keeps its start time.
     s.set_drain_process(
@@ -133,6 +147,7 @@ async fn drain_keeps_its_process_id_until_cleared(db: &TestDb) {
             member_id: m,
             connector: "",
             process_id: None,
+            reserving: false,
             drained: 10,
             errors: 2,
             last_error: Some("undecodable row"),

@@ -37,7 +37,10 @@ async fn shared_bucket_allows_burst_then_drains(db: &TestDb) {
     s.penalise_rate("m2", 30_000.0, T0).await.unwrap();
     s.penalise_rate("m2", 30_000.0, T0).await.unwrap();
     // Free again at T0 + 30 s - burst × interval = T0 + 5 s.
-    assert_eq!(s.reserve_rate_slot("m2", 500.0, 50, T0).await.unwrap(), 5_500);
+    assert_eq!(
+        s.reserve_rate_slot("m2", 500.0, 50, T0).await.unwrap(),
+        5_500
+    );
 }
 
 async fn shared_bucket_holds_across_handles(db: &TestDb) {
