@@ -1,0 +1,5 @@
+//! One module per BRIEF §6 scenario that can run today.
+
+pub mod emulator;
+pub mod ingest;
+pub mod rest_bulk;
