@@ -55,7 +55,12 @@ impl Gateway {
             body_limit: config.server.body_limit_bytes as usize,
             ..opts.ingest
         };
-        let state = server::AppState::with_waker(store.clone(), ingest, Some(engine.inbox_waker()));
+        let mut state =
+            server::AppState::with_waker(store.clone(), ingest, Some(engine.inbox_waker()));
+        state.admin = Some(Arc::new(server::admin::Admin {
+            token: secrets.admin_token.clone(),
+            client: client.clone(),
+        }));
         let stats = state.stats.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, state, async move {

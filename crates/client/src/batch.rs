@@ -206,6 +206,7 @@ impl PortalClient {
                     .map(|(_, m, _)| m.to_ascii_lowercase())
                     .collect(),
                 deadline_ms,
+                pinned: None,
             };
             let success = self.execute(&req).await?;
             out.requests += 1;

@@ -398,6 +398,9 @@ pub(crate) struct Req {
     /// a batch; the `batch` wrapper itself is not counted, §5.15).
     pub budget_methods: Vec<String>,
     pub deadline_ms: i64,
+    /// Send with this access token instead of the stored one, and never
+    /// refresh it: a confirmed method is approved for one token only (§9).
+    pub pinned: Option<wire::AccessToken>,
 }
 
 /// Where a request goes.
@@ -448,12 +451,36 @@ impl PortalClient {
             idempotent: opts.idempotent.unwrap_or_else(|| is_read_method(method)),
             budget_methods: vec![method.to_ascii_lowercase()],
             deadline_ms: self.deadline_ms(opts),
+            pinned: None,
         };
         let s = self.execute(&req).await?;
         if let Some(t) = &s.time {
             self.note_time(method, t);
         }
         Ok(s)
+    }
+
+    /// Calls `method` with exactly `token` — the token a method
+    /// confirmation was granted for (protocol §9: the approval binds to the
+    /// access token, and a refreshed one would need a new approval). The
+    /// token is not refreshed: if it expired, the call fails with that error.
+    /// Not repeated after a 5xx (the confirmed calls are writes as often as not).
+    pub async fn call_pinned(
+        &self,
+        method: &str,
+        params: Value,
+        token: &wire::AccessToken,
+    ) -> Result<Success, Error> {
+        check_method(method)?;
+        let req = Req {
+            method: method.to_owned(),
+            params: params_map(params)?,
+            idempotent: false,
+            budget_methods: vec![method.to_ascii_lowercase()],
+            deadline_ms: self.deadline_ms(&CallOptions::default()),
+            pinned: Some(token.clone()),
+        };
+        self.execute(&req).await
     }
 
     pub(crate) fn deadline_ms(&self, opts: &CallOptions) -> i64 {
@@ -487,7 +514,9 @@ impl PortalClient {
             let now = inner.clock.now_ms();
             let left = Duration::from_millis((req.deadline_ms - now).max(1) as u64);
             let mut body = req.params.clone();
-            if let Some(c) = &creds {
+            if let Some(t) = &req.pinned {
+                body.insert("auth".into(), Value::String(t.expose_secret().to_owned()));
+            } else if let Some(c) = &creds {
                 body.insert(
                     "auth".into(),
                     Value::String(c.tokens.access.expose_secret().to_owned()),
@@ -518,6 +547,7 @@ impl PortalClient {
                         error: e.clone(),
                     };
                     match class {
+                        ErrorClass::Refresh if req.pinned.is_some() => return Err(err),
                         ErrorClass::Refresh if !refreshed => {
                             if let (Mode::OAuth(m), Some(c)) = (&*self.mode, &creds) {
                                 refreshed = true;
@@ -557,8 +587,9 @@ impl PortalClient {
                             (err, true)
                         }
                         ErrorClass::ConfirmationWaiting | ErrorClass::ConfirmationDenied => {
-                            let fp = match (&creds, &inner.store) {
-                                (Some(c), Some(s)) => s.fingerprint(&c.tokens.access),
+                            let fp = match (&req.pinned, &creds, &inner.store) {
+                                (Some(t), _, Some(s)) => s.fingerprint(t),
+                                (None, Some(c), Some(s)) => s.fingerprint(&c.tokens.access),
                                 _ => String::new(),
                             };
                             let c = Confirmation {

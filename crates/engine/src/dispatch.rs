@@ -53,6 +53,8 @@ pub struct PlannedJob {
 pub struct Router {
     /// (event, target) for every binding with an owner.
     owners: BTreeSet<(String, String)>,
+    /// Every target: gateway events (method-confirm outcomes) go to all.
+    targets: Vec<String>,
     in_process: bool,
     forwarding_attempts: i64,
     lifecycle_attempts: i64,
@@ -71,6 +73,11 @@ impl Router {
             .collect();
         Router {
             owners,
+            targets: config
+                .targets
+                .iter()
+                .map(|t| t.name.to_ascii_lowercase())
+                .collect(),
             in_process,
             forwarding_attempts,
             lifecycle_attempts: RetrySchedule::lifecycle().max_attempts(),
@@ -132,8 +139,17 @@ impl Router {
             event::ONAPPINSTALL | INSTALLER_POST | event::ONAPPUPDATE | event::ONAPPUNINSTALL
         );
         if row.verified || !lifecycle_event {
-            for (ev, target) in &self.owners {
-                if *ev == row.event {
+            let owners: Vec<&String> = if row.event == crate::confirm::OUTCOME_EVENT {
+                self.targets.iter().collect()
+            } else {
+                self.owners
+                    .iter()
+                    .filter(|(ev, _)| *ev == row.event)
+                    .map(|(_, t)| t)
+                    .collect()
+            };
+            for target in owners {
+                {
                     jobs.push(PlannedJob {
                         kind: FORWARD,
                         serial_key: None,

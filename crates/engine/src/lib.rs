@@ -4,6 +4,8 @@
 //! - [`config`]: the manifest ([`Config`]) and its loader.
 //! - [`env`]: [`env::StoreEnv`], the client's credential store and shared
 //!   rate limiter over the store.
+//! - [`confirm`]: method confirmation — parked calls, re-run with the
+//!   approved token.
 //! - [`dispatch`]: inbox rows → the jobs they cause ([`dispatch::Router`]).
 //! - [`runner`]: the worker pool over the store's job queue
 //!   ([`runner::JobHandler`], [`runner::JobError`]), with the rescuer.
@@ -19,6 +21,7 @@
 //! housekeeping loop (due purges, stale installs, pruning).
 
 pub mod config;
+pub mod confirm;
 pub mod dispatch;
 pub mod env;
 pub mod forward;
@@ -205,6 +208,14 @@ impl Engine {
                 config: config.clone(),
                 now: now.clone(),
                 opts: opts.drain.clone(),
+            }),
+        );
+        handlers.insert(
+            dispatch::kinds::METHOD_CONFIRM,
+            Arc::new(confirm::Confirmer {
+                store: store.clone(),
+                client: client.clone(),
+                now: now.clone(),
             }),
         );
         handlers.insert(forward::FORWARD, forwarder.clone());

@@ -11,7 +11,9 @@
 //! - [`InboxWriter`]: group commit — concurrent requests share one
 //!   transaction (and one fsync) of [`store::Store::append_inbox`].
 //! - [`IngestStats`]: counters by event and outcome.
+//! - [`admin`]: the admin API (bearer token): the REST proxy, pending calls.
 
+pub mod admin;
 mod body;
 mod inbox_writer;
 mod ingest;
@@ -62,6 +64,8 @@ pub struct AppState {
     pub ingest: Arc<IngestConfig>,
     pub stats: Arc<IngestStats>,
     pub now: NowFn,
+    /// The admin API; `None` answers 503 on `/v1/…`.
+    pub admin: Option<Arc<admin::Admin>>,
 }
 
 impl AppState {
@@ -84,6 +88,7 @@ impl AppState {
             ingest: Arc::new(ingest),
             stats: Arc::new(IngestStats::default()),
             now,
+            admin: None,
         }
     }
 }
@@ -95,6 +100,11 @@ pub fn app(state: AppState) -> Router {
         .route("/b24/install", post(ingest::install))
         .route("/b24/install/status/{id}", get(ingest::install_status))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/v1/portals/{member_id}/rest/{method}",
+            post(admin::rest_proxy),
+        )
+        .route("/v1/pending/{id}", get(admin::pending))
         .with_state(state)
 }
 

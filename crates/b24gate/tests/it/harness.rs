@@ -13,6 +13,7 @@ use b24gate::gateway::{Gateway, GatewayOptions};
 use engine::{Config, EngineOptions};
 use store::{Keyring, OpenOptions, PortalStatus, Store};
 
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const TARGET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 #[derive(Clone, Default)]
@@ -131,6 +132,7 @@ url = "{hook_url}"
                 "B24GATE_TARGET_APP_SECRET".to_owned(),
                 TARGET_SECRET.to_owned(),
             ),
+            ("B24GATE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
         ];
         let (config, secrets) = Config::load(&text, env).unwrap();
         let config = Arc::new(config);
@@ -217,6 +219,39 @@ url = "{hook_url}"
             },
         )
         .await;
+    }
+
+    /// Calls the gateway's REST proxy.
+    pub async fn proxy(
+        &self,
+        member_id: &str,
+        method: &str,
+        params: serde_json::Value,
+        token: &str,
+    ) -> (u16, serde_json::Value) {
+        let url = format!(
+            "{}/v1/portals/{member_id}/rest/{method}",
+            self.gate.as_ref().unwrap().url
+        );
+        let r = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .json(&params)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.gate.as_ref().unwrap().url);
+        let r = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 
     pub async fn shutdown(mut self) {

@@ -161,3 +161,111 @@ async fn offline_events_are_drained_stored_then_cleared() {
     .await;
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn method_confirmation_parks_then_runs_with_the_same_token_or_denies() {
+    use crate::harness::ADMIN_TOKEN;
+    let w = World::start(MANIFEST, false).await;
+    let p = w.portal("acme", &["rest_offline_extended"]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    let m = p.member_id.as_str();
+    // The admin API refuses a wrong token.
+    let (s, _) = w.proxy(m, "scope", serde_json::json!({}), "wrong").await;
+    assert_eq!(s, 401);
+    // A plain call goes through the proxy.
+    let (s, v) = w
+        .proxy(m, "scope", serde_json::json!({}), ADMIN_TOKEN)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["result"].as_array().unwrap().iter().any(|x| x == "crm"));
+    // The method that needs confirmation is parked.
+    let (s, v) = w
+        .proxy(
+            m,
+            "voximplant.user.get",
+            serde_json::json!({"USER_ID": 1}),
+            ADMIN_TOKEN,
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["pending_call_id"].as_i64().unwrap();
+    let (_, pc) = w.admin_get(&format!("/v1/pending/{id}")).await;
+    assert_eq!(pc["state"], "waiting");
+    w.emu
+        .confirm(
+            m,
+            b24emu::ConfirmSpec {
+                client_id: w.client_id.clone(),
+                method: "voximplant.user.get".into(),
+                confirmed: true,
+            },
+        )
+        .unwrap();
+    let url = format!("/v1/pending/{id}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, pc) = w.admin_get(&url).await;
+        if pc["state"] == "done" {
+            assert!(
+                pc["result"]["result"].is_array() || pc["result"]["result"].is_object(),
+                "{pc}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {pc}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = w.receiver.clone();
+    w.until("the outcome event", Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { !r.of("b24gate.method_confirm").is_empty() }
+    })
+    .await;
+    assert_eq!(
+        w.receiver.of("b24gate.method_confirm")[0]["data"]["state"],
+        "done"
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn denied_confirmation_marks_the_parked_call_denied() {
+    use crate::harness::ADMIN_TOKEN;
+    let w = World::start(MANIFEST, false).await;
+    let p = w.portal("acme", &[]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    let m = p.member_id.as_str();
+    let (s, v) = w
+        .proxy(m, "voximplant.user.get", serde_json::json!({}), ADMIN_TOKEN)
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["pending_call_id"].as_i64().unwrap();
+    w.emu
+        .confirm(
+            m,
+            b24emu::ConfirmSpec {
+                client_id: w.client_id.clone(),
+                method: "voximplant.user.get".into(),
+                confirmed: false,
+            },
+        )
+        .unwrap();
+    let url = format!("/v1/pending/{id}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, pc) = w.admin_get(&url).await;
+        if pc["state"] == "denied" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {pc}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Asked again, the portal itself now answers 403 denied.
+    let (s, v) = w
+        .proxy(m, "voximplant.user.get", serde_json::json!({}), ADMIN_TOKEN)
+        .await;
+    assert_eq!(s, 403, "{v}");
+    w.shutdown().await;
+}
