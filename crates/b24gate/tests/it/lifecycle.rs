@@ -269,3 +269,237 @@ async fn denied_confirmation_marks_the_parked_call_denied() {
     assert_eq!(s, 403, "{v}");
     w.shutdown().await;
 }
+
+fn requests(w: &World) -> u64 {
+    w.emu.stats()["requests"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn uninstall_honours_clean_makes_no_rest_call_and_reinstall_recreates_bindings() {
+    use crate::harness::ADMIN_TOKEN;
+    let manifest =
+        format!("{MANIFEST}\n[uninstall]\non_clean = \"purge\"\non_keep = \"retain 30d\"\n");
+    let w = World::start(&manifest, false).await;
+    let keep = w.portal("keep", &["rest_offline_extended"]);
+    let clean = w.portal("clean", &["rest_offline_extended"]);
+    for p in [&keep, &clean] {
+        w.install(&p.member_id);
+        w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    }
+    let un = |m: &str, clean: bool| {
+        w.emu
+            .uninstall(
+                m,
+                b24emu::UninstallSpec {
+                    client_id: w.client_id.clone(),
+                    clean,
+                },
+            )
+            .unwrap()
+    };
+    un(&keep.member_id, false);
+    un(&clean.member_id, true);
+    w.wait_status(&keep.member_id, PortalStatus::Uninstalled)
+        .await;
+    w.wait_status(&clean.member_id, PortalStatus::Purged).await;
+    let k = w.store.get_portal(&keep.member_id).await.unwrap().unwrap();
+    assert!(k.purge_after.is_some(), "CLEAN=0: retained for 30 days");
+    assert!(
+        w.store
+            .load_credentials(&keep.member_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        w.store
+            .binding_matrix(Some(&clean.member_id))
+            .await
+            .unwrap()
+            .is_empty(),
+        "purged"
+    );
+    // No REST call from now on: the client refuses without the network.
+    let before = requests(&w);
+    let (s, v) = w
+        .proxy(&keep.member_id, "scope", serde_json::json!({}), ADMIN_TOKEN)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(
+        requests(&w),
+        before,
+        "a call reached the portal after uninstall"
+    );
+    // The audit log survives the purge.
+    let audit = w
+        .store
+        .list_audit(&store::AuditFilter {
+            member_id: Some(&clean.member_id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert!(
+        actions.contains(&"install.verified") && actions.contains(&"portal.purged"),
+        "{actions:?}"
+    );
+
+    // Reinstall after either CLEAN: new token, bindings recreated.
+    for p in [&keep, &clean] {
+        w.emu
+            .reinstall(
+                &p.member_id,
+                b24emu::InstallSpec {
+                    client_id: w.client_id.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        w.wait_status(&p.member_id, PortalStatus::Installed).await;
+        let portal = w.store.get_portal(&p.member_id).await.unwrap().unwrap();
+        assert!(portal.generation >= 2);
+        let matrix = w.store.binding_matrix(Some(&p.member_id)).await.unwrap();
+        assert!(
+            matrix
+                .iter()
+                .any(|r| r.record.key.name == "ONCRMDEALADD" && r.record.state == "bound"),
+            "{matrix:#?}"
+        );
+        let emu = w.emu.portal_state(&p.member_id).unwrap().to_string();
+        assert!(
+            emu.contains("ONCRMDEALADD"),
+            "bindings recreated on the portal"
+        );
+    }
+    // Events flow again after the reinstall.
+    w.emu.changes(&keep.member_id, deal_added(1, 1)).unwrap();
+    let r = w.receiver.clone();
+    w.until("an event after reinstall", Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { !r.of("ONCRMDEALADD").is_empty() }
+    })
+    .await;
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn forged_install_creates_no_portal_and_is_audited() {
+    let w = World::start(MANIFEST, false).await;
+    let gate = w.gate.as_ref().unwrap().url.clone();
+    let m = "0123456789abcdef0123456789abcdef";
+    let body = format!(
+        "event=ONAPPINSTALL&event_handler_id=1&data%5BVERSION%5D=1&data%5BACTIVE%5D=Y&data%5BINSTALLED%5D=Y&ts=1766047124\
+         &auth%5Baccess_token%5D={tok}&auth%5Bexpires%5D=1766050724&auth%5Bexpires_in%5D=3600&auth%5Bscope%5D=crm\
+         &auth%5Bdomain%5D=acme.localhost&auth%5Bserver_endpoint%5D=http%3A%2F%2F127.0.0.1%3A1%2Frest%2F&auth%5Bstatus%5D=L\
+         &auth%5Bclient_endpoint%5D=http%3A%2F%2F127.0.0.1%3A1%2Frest%2F&auth%5Bmember_id%5D={m}&auth%5Buser_id%5D=1\
+         &auth%5Brefresh_token%5D={tok}&auth%5Bapplication_token%5D=forgedforgedforgedforgedforged12",
+        tok = "f".repeat(70),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{gate}/b24/install"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "accepted into the inbox, unverified");
+    let store = w.store.clone();
+    w.until(
+        "the forged install to be rejected",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .list_audit(&store::AuditFilter {
+                        action_prefix: Some("install.rejected"),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .len()
+                    == 1
+            }
+        },
+    )
+    .await;
+    assert!(
+        w.store.get_portal(m).await.unwrap().is_none(),
+        "no portal for a forged install"
+    );
+    let a = w
+        .store
+        .list_audit(&store::AuditFilter {
+            action_prefix: Some("install.rejected"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a[0].detail_json()["reason"],
+        "the OAuth server does not know this token"
+    );
+    assert!(
+        !a[0].detail.contains(&"f".repeat(70)),
+        "no token in the audit log"
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn install_from_a_domain_outside_the_allow_list_is_refused_without_calling_out() {
+    let w = World::start(MANIFEST, false).await;
+    let gate = w.gate.as_ref().unwrap().url.clone();
+    let oauth_before = w.emu.stats()["oauth_requests"].as_u64().unwrap();
+    let body = format!(
+        "event=ONAPPINSTALL&data%5BVERSION%5D=1&data%5BACTIVE%5D=Y&data%5BINSTALLED%5D=Y&ts=1766047124\
+         &auth%5Baccess_token%5D={tok}&auth%5Bexpires%5D=1766050724&auth%5Bexpires_in%5D=3600&auth%5Bscope%5D=crm\
+         &auth%5Bdomain%5D=evil.example.com&auth%5Bserver_endpoint%5D=https%3A%2F%2Fevil.example.com%2Frest%2F&auth%5Bstatus%5D=L\
+         &auth%5Bclient_endpoint%5D=https%3A%2F%2Fevil.example.com%2Frest%2F&auth%5Bmember_id%5D={m}&auth%5Buser_id%5D=1\
+         &auth%5Brefresh_token%5D={tok}&auth%5Bapplication_token%5D=forgedforgedforgedforgedforged12",
+        tok = "e".repeat(70),
+        m = "fedcba9876543210fedcba9876543210",
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{gate}/b24/events"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let store = w.store.clone();
+    w.until("the install to be refused", Duration::from_secs(30), || {
+        let store = store.clone();
+        async move {
+            !store
+                .list_audit(&store::AuditFilter {
+                    action_prefix: Some("install.rejected"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+    let a = w
+        .store
+        .list_audit(&store::AuditFilter {
+            action_prefix: Some("install.rejected"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a[0].detail_json()["reason"],
+        "portal domain is not in app.allowed_domains"
+    );
+    assert_eq!(
+        w.emu.stats()["oauth_requests"].as_u64().unwrap(),
+        oauth_before,
+        "not even the OAuth server was asked"
+    );
+    w.shutdown().await;
+}
