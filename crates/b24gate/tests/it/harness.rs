@@ -67,7 +67,76 @@ pub struct World {
     pub store: Store,
     pub client_id: String,
     pub receiver: Receiver,
+    setup: Setup,
     _dir: tempfile::TempDir,
+}
+
+/// What it takes to (re)start the gateway of a [`World`].
+struct Setup {
+    gate_url: String,
+    hook_url: String,
+    client_id: String,
+    client_secret: String,
+    oauth: String,
+    installer: bool,
+}
+
+impl Setup {
+    async fn gateway(
+        &self,
+        store: &Store,
+        listener: tokio::net::TcpListener,
+        manifest: &str,
+        version: i64,
+    ) -> Gateway {
+        let text = format!(
+            r#"
+[server]
+public_url = "{gate_url}"
+allow_insecure_http = true
+[app]
+client_id = "{client_id}"
+version = {version}
+scopes = ["crm", "placement", "user_brief"]
+oauth_url = "{oauth}"
+allowed_domains = ["127.0.0.1", "*.localhost"]
+installer = {installer}
+[[target]]
+name = "app"
+url = "{hook_url}"
+{manifest}
+"#,
+            gate_url = self.gate_url,
+            client_id = self.client_id,
+            oauth = self.oauth,
+            installer = self.installer,
+            hook_url = self.hook_url,
+        );
+        let env = vec![
+            (
+                "B24GATE_APP_CLIENT_SECRET".to_owned(),
+                self.client_secret.clone(),
+            ),
+            (
+                "B24GATE_TARGET_APP_SECRET".to_owned(),
+                TARGET_SECRET.to_owned(),
+            ),
+            ("B24GATE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+        ];
+        let (config, secrets) = Config::load(&text, env).unwrap();
+        Gateway::start(
+            Arc::new(config),
+            &secrets,
+            store.clone(),
+            listener,
+            GatewayOptions {
+                engine: fast_engine(),
+                ..GatewayOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
 }
 
 pub fn fast_engine() -> EngineOptions {
@@ -75,6 +144,8 @@ pub fn fast_engine() -> EngineOptions {
     o.runner.poll = Duration::from_millis(20);
     o.runner.lease = Duration::from_secs(5);
     o.dispatch_every = Duration::from_millis(20);
+    o.housekeeping_every = Duration::from_millis(100);
+    o.drain_every = Duration::from_millis(500);
     o.forward_schedule =
         engine::retry::RetrySchedule::new(vec![Duration::from_millis(50); 10], 0.2);
     o
@@ -103,39 +174,6 @@ impl World {
                 update_event: None,
             })
             .unwrap();
-        let text = format!(
-            r#"
-[server]
-public_url = "{gate_url}"
-allow_insecure_http = true
-[app]
-client_id = "{client_id}"
-version = 1
-scopes = ["crm", "placement", "user_brief"]
-oauth_url = "{oauth}"
-allowed_domains = ["127.0.0.1", "*.localhost"]
-installer = {installer}
-[[target]]
-name = "app"
-url = "{hook_url}"
-{manifest}
-"#,
-            client_id = app.client_id,
-            oauth = emu.oauth_url(),
-        );
-        let env = vec![
-            (
-                "B24GATE_APP_CLIENT_SECRET".to_owned(),
-                app.client_secret.clone(),
-            ),
-            (
-                "B24GATE_TARGET_APP_SECRET".to_owned(),
-                TARGET_SECRET.to_owned(),
-            ),
-            ("B24GATE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
-        ];
-        let (config, secrets) = Config::load(&text, env).unwrap();
-        let config = Arc::new(config);
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("gate.db").display());
         let store = Store::open(
@@ -146,26 +184,39 @@ url = "{hook_url}"
         .await
         .unwrap();
         store.migrate().await.unwrap();
-        let gate = Gateway::start(
-            config.clone(),
-            &secrets,
-            store.clone(),
-            listener,
-            GatewayOptions {
-                engine: fast_engine(),
-                ..GatewayOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let setup = Setup {
+            gate_url,
+            hook_url,
+            client_id: app.client_id.clone(),
+            client_secret: app.client_secret.clone(),
+            oauth: emu.oauth_url().to_owned(),
+            installer,
+        };
+        let gate = setup.gateway(&store, listener, manifest, 1).await;
         World {
             emu,
             gate: Some(gate),
             store,
             client_id: app.client_id,
             receiver,
+            setup,
             _dir: dir,
         }
+    }
+
+    /// Stops the gateway and starts a new one on the same address and
+    /// database with another manifest and version (an upgrade, a restart).
+    pub async fn restart(&mut self, manifest: &str, version: i64) {
+        if let Some(g) = self.gate.take() {
+            g.shutdown().await;
+        }
+        let addr = self.setup.gate_url.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+        self.gate = Some(
+            self.setup
+                .gateway(&self.store, listener, manifest, version)
+                .await,
+        );
     }
 
     pub fn portal(&self, name: &str, features: &[&str]) -> PortalInfo {

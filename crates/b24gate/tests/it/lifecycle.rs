@@ -503,3 +503,117 @@ async fn install_from_a_domain_outside_the_allow_list_is_refused_without_calling
     );
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn install_flow_b_sets_up_before_install_finish_and_events_follow_it() {
+    let w = World::start(MANIFEST, true).await;
+    let p = w.portal("wizard", &["rest_offline_extended"]);
+    w.install(&p.member_id);
+    // The installer POST was verified and the portal set up server-side.
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    let portal = w.store.get_portal(&p.member_id).await.unwrap().unwrap();
+    assert_eq!(portal.install_flow.as_deref(), Some("installer"));
+    // Until the page calls installFinish the portal sends no events.
+    w.emu.changes(&p.member_id, deal_added(1, 1)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        w.receiver.of("ONCRMDEALADD").is_empty(),
+        "events are gated until installFinish"
+    );
+    // What the installer page does once the server side reports ready.
+    w.emu
+        .install_finish(
+            &p.member_id,
+            b24emu::InstallSpec {
+                client_id: w.client_id.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // installFinish fires ONAPPINSTALL to the handler we bound: a repeat
+    // install of a known portal, taken as a reinstall, idempotently.
+    let store = w.store.clone();
+    let m = p.member_id.clone();
+    w.until(
+        "the ONAPPINSTALL after installFinish",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            let m = m.clone();
+            async move {
+                store
+                    .get_portal(&m)
+                    .await
+                    .unwrap()
+                    .is_some_and(|p| p.generation >= 2 && p.status == PortalStatus::Installed)
+            }
+        },
+    )
+    .await;
+    w.emu.changes(&p.member_id, deal_added(2, 1)).unwrap();
+    let r = w.receiver.clone();
+    w.until(
+        "events after installFinish",
+        Duration::from_secs(30),
+        || {
+            let r = r.clone();
+            async move { r.of("ONCRMDEALADD").len() == 2 }
+        },
+    )
+    .await;
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn version_drift_alone_reconciles_and_runs_each_migration_once() {
+    let mut w = World::start(MANIFEST, false).await;
+    let p = w.portal("acme", &["rest_offline_extended"]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    // Version 2 adds a binding and a migration; no ONAPPUPDATE is sent.
+    let v2 = format!(
+        "{MANIFEST}\n[[binding]]\nevent = \"ONCRMDEALDELETE\"\nowner = \"app\"\n\
+         [[migration]]\nversion = 2\nid = \"deal-tab-on\"\n\
+         steps = [{{ method = \"app.option.set\", params = {{ options = {{ deal_tab = \"on\" }} }} }}]\n"
+    );
+    w.restart(&v2, 2).await;
+    let store = w.store.clone();
+    let m = p.member_id.clone();
+    w.until("the portal at version 2", Duration::from_secs(30), || {
+        let store = store.clone();
+        let m = m.clone();
+        async move {
+            store
+                .get_portal(&m)
+                .await
+                .unwrap()
+                .unwrap()
+                .installed_version
+                == Some(2)
+        }
+    })
+    .await;
+    let matrix = w.store.binding_matrix(Some(&p.member_id)).await.unwrap();
+    assert!(
+        matrix
+            .iter()
+            .any(|r| r.record.key.name == "ONCRMDEALDELETE" && r.record.state == "bound"),
+        "{matrix:#?}"
+    );
+    let options = &w.emu.portal_state(&p.member_id).unwrap()["apps"][0]["options"];
+    assert_eq!(options["deal_tab"], "on", "{options}");
+    // A restart at the same version runs nothing again.
+    w.restart(&v2, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied = w
+        .store
+        .list_audit(&store::AuditFilter {
+            member_id: Some(&p.member_id),
+            action_prefix: Some("migration.applied"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 1, "each migration exactly once");
+    w.shutdown().await;
+}
