@@ -349,11 +349,26 @@ async fn measure(
             ));
         }
     }
-    drop((base, ingest, gate, noop));
+    drop((ingest, gate));
 
-    let s = store.clone();
-    let breakdown = sut::on(&ctx.sut, breakdown(s, portals.clone())).await??;
-    report.figure("breakdown", breakdown);
+    let idle = sut::on(&ctx.sut, breakdown(store.clone(), portals.clone())).await??;
+    // The same calls while the load generator keeps the SUT runtime busy with
+    // no-op requests: how much of an ack is waiting to be scheduled.
+    let busy_plan = crate::loadgen::Plan {
+        rounds: 1,
+        measure: plan.measure.max(Duration::from_secs(3)),
+        ..plan
+    };
+    let only_base = [&base];
+    let (_, busy) = tokio::join!(
+        run_alternating(&only_base, busy_plan),
+        sut::on(&ctx.sut, breakdown(store.clone(), portals.clone()))
+    );
+    report.figure(
+        "breakdown",
+        json!({"idle": idle, "sut_runtime_busy_with_noop_load": busy??}),
+    );
+    drop((base, noop));
     report.note(
         "Load generator and gateway share one process and the machine's cores, on separate \
          tokio runtimes; the no-op baseline runs on the gateway's runtime and is driven by \
@@ -364,7 +379,9 @@ async fn measure(
     report.note(
         "breakdown: the hot path's two store calls timed alone on an idle server, after the \
          rounds — portal lookup (check_app_token, one SELECT per event; no cache today) and \
-         one group-commit transaction (append_inbox) of 1 and of 64 events.",
+         one group-commit transaction (append_inbox) of 1 and of 64 events — once on an \
+         idle runtime, once while the load generator keeps the SUT runtime busy with no-op \
+         requests (the rounds' concurrency).",
     );
     if pg {
         report.note(
