@@ -17,6 +17,13 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run every lifecycle stage against an in-process emulated Bitrix24
+    /// farm on fresh SQLite files, and report. Exits 0 only if all passed.
+    Demo {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the gateway: Bitrix24-facing routes, the engine and its workers.
     /// Needs B24GATE_MASTER_KEY.
     Serve,

@@ -81,8 +81,28 @@ fn keyring(secrets: &Secrets) -> Result<Keyring, CliError> {
 }
 
 pub async fn run(args: Args) -> Result<(), CliError> {
+    // The demo brings its own configuration.
+    if let Command::Demo { json } = args.command {
+        let report = crate::demo::run().await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(anyhow::Error::from)?
+            );
+        } else {
+            print!("{}", crate::demo::render(&report));
+        }
+        return if report.ok {
+            Ok(())
+        } else {
+            Err(CliError::Other(anyhow::anyhow!(
+                "the demo found failing stages"
+            )))
+        };
+    }
     let (config, secrets) = load_config(&args)?;
     match args.command {
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Serve => serve(config, secrets).await,
         Command::Migrate { status, json } => {
             let store = Store::open(

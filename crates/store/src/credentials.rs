@@ -25,6 +25,11 @@ pub struct TokenSet {
 }
 
 /// Credentials as stored, with the row version a refresh must match.
+///
+/// The version only ever grows, even across an uninstall (which deletes the
+/// row) and a reinstall (which writes it again): a new row starts at the
+/// current time in milliseconds, every later write adds one. So a client
+/// holding a cached pair can always tell that the stored one is newer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub tokens: TokenSet,
@@ -53,7 +58,7 @@ pub(crate) fn refresh_ctx(member_id: &str) -> String {
 
 pub(crate) const UPSERT_CREDENTIALS: &str = "INSERT INTO credentials \
     (member_id, user_id, access_token, refresh_token, expires_at, scope, version, refreshed_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, 1, NULL, $7) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $7) \
     ON CONFLICT (member_id) DO UPDATE SET user_id = excluded.user_id, \
     access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
     expires_at = excluded.expires_at, scope = excluded.scope, \

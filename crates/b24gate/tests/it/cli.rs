@@ -193,3 +193,40 @@ fn serve_answers_health_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The main job: every stage checks out, and the JSON report says so.
+#[test]
+fn demo_runs_every_stage_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = b24gate(dir.path(), &["demo", "--json"], &[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["ok"], true);
+    let stages = v["stages"].as_array().unwrap();
+    let names: Vec<_> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for want in [
+        "install (flow A: ONAPPINSTALL)",
+        "install (flow B: installer page)",
+        "online events",
+        "offline events",
+        "update with version drift and a migration",
+        "method confirmation (allowed)",
+        "method confirmation (denied)",
+        "uninstall CLEAN=0",
+        "uninstall CLEAN=1",
+        "reinstall",
+    ] {
+        assert!(names.contains(&want), "missing stage {want}: {names:?}");
+    }
+    assert!(
+        stages
+            .iter()
+            .all(|s| s["ok"] == true && s["detail"].is_string())
+    );
+    assert!(
+        v["problems"].as_array().unwrap().is_empty(),
+        "{}",
+        v["problems"]
+    );
+    assert!(!v["bindings"].as_array().unwrap().is_empty());
+}

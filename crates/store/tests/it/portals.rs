@@ -36,7 +36,7 @@ async fn install_stores_identity_credentials_and_audit(db: &TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(c.tokens, i.tokens);
-    assert_eq!(c.version, 1);
+    assert_eq!(c.version, T0, "a new row starts at the time it was written");
     let audit = s
         .list_audit(&AuditFilter {
             member_id: Some(i.member_id.as_str()),
