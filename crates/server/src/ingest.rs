@@ -438,3 +438,15 @@ pub(crate) async fn install_status(
     };
     Json(json!({"state": s, "reason": reason})).into_response()
 }
+
+#[derive(serde::Deserialize)]
+pub(crate) struct PingQuery {
+    nonce: String,
+}
+
+/// `GET /b24/ping?nonce=…`: echoes the nonce, so `b24gate doctor` can prove
+/// that a request through the public URL reaches this gateway.
+pub(crate) async fn ping(Query(q): Query<PingQuery>) -> Response {
+    let nonce: String = q.nonce.chars().filter(char::is_ascii_alphanumeric).take(64).collect();
+    Json(json!({"b24gate": true, "nonce": nonce})).into_response()
+}

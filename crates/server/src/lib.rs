@@ -99,6 +99,7 @@ pub fn app(state: AppState) -> Router {
         .route("/b24/events", post(ingest::events))
         .route("/b24/install", post(ingest::install))
         .route("/b24/install/status/{id}", get(ingest::install_status))
+        .route("/b24/ping", get(ingest::ping))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/v1/portals/{member_id}/rest/{method}",

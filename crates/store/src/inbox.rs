@@ -187,6 +187,26 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// A portal's deliveries received at or after `since`, oldest first
+    /// (`b24gate events replay`).
+    pub async fn inbox_since(
+        &self,
+        member_id: &str,
+        since: UnixMillis,
+        limit: i64,
+    ) -> Result<Vec<InboxEvent>> {
+        const SQL: &str = "SELECT id, member_id, dedupe_key, event, source, verified, ts, received_at, \
+            payload, secrets, state, processed_at FROM inbox \
+            WHERE member_id = $1 AND received_at >= $2 ORDER BY id LIMIT $3";
+        let rows = with_pool!(self, read, |p| sqlx::query_as::<_, InboxEvent>(SQL)
+            .bind(member_id)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(p)
+            .await)?;
+        Ok(rows)
+    }
+
     /// The id of the delivery stored under `dedupe_key`, if any.
     pub async fn find_inbox_id(&self, dedupe_key: &str) -> Result<Option<i64>> {
         let id = with_pool!(self, read, |p| sqlx::query_scalar(
