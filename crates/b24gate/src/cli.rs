@@ -42,4 +42,109 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Call a REST method on a portal and print the result as JSON
+    /// (`--all` streams a whole list as JSON lines).
+    Call {
+        /// An incoming webhook URL (https://portal/rest/USER/CODE/).
+        #[arg(long, conflicts_with = "portal")]
+        webhook: Option<String>,
+        /// A stored portal's member_id (uses its tokens, refreshes them).
+        #[arg(long)]
+        portal: Option<String>,
+        /// Stream every item of a list method, one JSON line each.
+        #[arg(long)]
+        all: bool,
+        method: String,
+        /// Parameters as a JSON object.
+        params: Option<String>,
+    },
+    /// List the portals and their status.
+    Portals {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The binding matrix: expected and actual bindings per portal.
+    Bindings {
+        #[arg(long)]
+        portal: Option<String>,
+        /// What the manifest asks for, without any portal.
+        #[arg(long)]
+        manifest: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+    },
+    /// Reconcile bindings (and run due migrations) now.
+    Reconcile {
+        #[arg(long, conflicts_with = "all")]
+        portal: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the recovery playbook; `--fix` repairs what it can.
+    Doctor {
+        #[arg(long)]
+        portal: Option<String>,
+        #[arg(long)]
+        fix: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log.
+    Audit {
+        #[arg(long)]
+        portal: Option<String>,
+        /// Unix time in seconds, or a duration back from now (`2h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The job queue: list, retry (replay a dead letter), discard.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+    /// Events in the inbox.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        portal: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead-lettered or cancelled job back in the queue.
+    Retry { id: i64 },
+    /// Move a waiting job to the dead letter.
+    Discard { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// Forward a portal's stored events again (same webhook-id: the app
+    /// deduplicates), from `--since` on.
+    Replay {
+        #[arg(long)]
+        portal: String,
+        /// Unix time in seconds, or a duration back from now (`2h`, `7d`).
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        json: bool,
+    },
 }

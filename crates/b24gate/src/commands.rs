@@ -3,7 +3,8 @@ use std::fmt;
 use engine::{Config, ConfigError, Secrets};
 use store::{Keyring, OpenOptions, Store};
 
-use crate::cli::{Args, Command};
+use crate::cli::{Args, Command, EventsAction, JobsAction};
+use crate::ops;
 
 /// A command's failure, with the exit status it maps to: 2 for a bad
 /// configuration (nothing was written), 1 for everything else.
@@ -66,6 +67,27 @@ fn load_config(args: &Args) -> Result<(Config, Secrets), CliError> {
     Config::load(&text, std::env::vars()).map_err(CliError::Config)
 }
 
+/// The configured keyring, required by commands that read tokens.
+fn required_keyring(secrets: &Secrets, command: &str) -> Result<Keyring, CliError> {
+    match &secrets.master_key {
+        None => Err(CliError::Config(ConfigError {
+            key: "B24GATE_MASTER_KEY".into(),
+            message: format!("required by {command}: it unseals the stored tokens"),
+        })),
+        Some(_) => keyring(secrets),
+    }
+}
+
+async fn open_store(config: &Config, keys: Keyring) -> Result<Store, CliError> {
+    let store = Store::open(&config.server.database_url, keys, &OpenOptions::default()).await?;
+    if store.pending_migrations().await? > 0 {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "the database has pending migrations: run `b24gate migrate` first"
+        )));
+    }
+    Ok(store)
+}
+
 /// The keyring for commands that touch no secret (migrate): a throwaway key
 /// when none is configured.
 fn keyring(secrets: &Secrets) -> Result<Keyring, CliError> {
@@ -100,10 +122,138 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             )))
         };
     }
+    // `call --webhook` needs neither configuration nor database.
+    if let Command::Call {
+        webhook: Some(url),
+        all,
+        method,
+        params,
+        ..
+    } = &args.command
+    {
+        return ops::call(None, Some(url), None, *all, method, params.as_deref())
+            .await
+            .map_err(CliError::Other);
+    }
     let (config, secrets) = load_config(&args)?;
+    let config = std::sync::Arc::new(config);
     match args.command {
         Command::Demo { .. } => unreachable!("handled above"),
-        Command::Serve => serve(config, secrets).await,
+        Command::Serve => serve((*config).clone(), secrets).await,
+        Command::Call {
+            portal,
+            all,
+            method,
+            params,
+            ..
+        } => {
+            let store = open_store(&config, required_keyring(&secrets, "call --portal")?).await?;
+            let o = ops::Ops::new(config.clone(), &secrets, store)?;
+            ops::call(
+                Some(&o),
+                None,
+                portal.as_deref(),
+                all,
+                &method,
+                params.as_deref(),
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Portals { json } => {
+            let store = open_store(&config, keyring(&secrets)?).await?;
+            Ok(ops::portals(&store, json).await?)
+        }
+        Command::Bindings {
+            portal,
+            manifest,
+            json,
+            markdown,
+        } => {
+            let store = if manifest {
+                None
+            } else {
+                Some(open_store(&config, keyring(&secrets)?).await?)
+            };
+            Ok(ops::bindings(
+                &config,
+                store.as_ref(),
+                portal.as_deref(),
+                manifest,
+                json,
+                markdown,
+            )
+            .await?)
+        }
+        Command::Reconcile {
+            portal,
+            all,
+            dry_run,
+            json,
+        } => {
+            let store = open_store(&config, required_keyring(&secrets, "reconcile")?).await?;
+            let o = ops::Ops::new(config.clone(), &secrets, store)?;
+            Ok(ops::reconcile_cmd(&o, portal.as_deref(), all, dry_run, json).await?)
+        }
+        Command::Doctor { portal, fix, json } => {
+            let store = open_store(&config, required_keyring(&secrets, "doctor")?).await?;
+            let o = ops::Ops::new(config.clone(), &secrets, store)?;
+            if ops::doctor(&o, portal.as_deref(), fix, json).await? {
+                Ok(())
+            } else {
+                Err(CliError::Other(anyhow::anyhow!(
+                    "the doctor found problems"
+                )))
+            }
+        }
+        Command::Audit {
+            portal,
+            since,
+            json,
+        } => {
+            let store = open_store(&config, keyring(&secrets)?).await?;
+            Ok(ops::audit(&store, portal.as_deref(), since.as_deref(), json).await?)
+        }
+        Command::Jobs { action } => {
+            let store = open_store(&config, keyring(&secrets)?).await?;
+            let now = engine::system_now()();
+            match action {
+                JobsAction::List {
+                    state,
+                    portal,
+                    json,
+                } => Ok(ops::jobs_list(&store, state.as_deref(), portal.as_deref(), json).await?),
+                JobsAction::Retry { id } => {
+                    if store.retry_job(id, now).await? {
+                        println!("job {id} queued again");
+                        Ok(())
+                    } else {
+                        Err(CliError::Other(anyhow::anyhow!(
+                            "job {id} is not dead-lettered or cancelled"
+                        )))
+                    }
+                }
+                JobsAction::Discard { id } => {
+                    if store.discard_job(id, "discarded by hand", now).await? {
+                        println!("job {id} moved to the dead letter");
+                        Ok(())
+                    } else {
+                        Err(CliError::Other(anyhow::anyhow!("job {id} is not waiting")))
+                    }
+                }
+            }
+        }
+        Command::Events {
+            action:
+                EventsAction::Replay {
+                    portal,
+                    since,
+                    json,
+                },
+        } => {
+            let store = open_store(&config, keyring(&secrets)?).await?;
+            Ok(ops::replay(&config, &store, &portal, &since, json).await?)
+        }
         Command::Migrate { status, json } => {
             let store = Store::open(
                 &config.server.database_url,

@@ -73,6 +73,8 @@ pub struct World {
 
 /// What it takes to (re)start the gateway of a [`World`].
 struct Setup {
+    /// The configuration the gateway was last started with.
+    last: Mutex<Option<(Arc<Config>, engine::Secrets)>>,
     gate_url: String,
     hook_url: String,
     client_id: String,
@@ -124,6 +126,7 @@ url = "{hook_url}"
             ("B24GATE_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
         ];
         let (config, secrets) = Config::load(&text, env).unwrap();
+        *self.last.lock().unwrap() = Some((Arc::new(config.clone()), secrets.clone()));
         Gateway::start(
             Arc::new(config),
             &secrets,
@@ -185,6 +188,7 @@ impl World {
         .unwrap();
         store.migrate().await.unwrap();
         let setup = Setup {
+            last: Mutex::new(None),
             gate_url,
             hook_url,
             client_id: app.client_id.clone(),
@@ -202,6 +206,12 @@ impl World {
             setup,
             _dir: dir,
         }
+    }
+
+    /// The operations commands over this world's gateway configuration.
+    pub fn ops(&self) -> b24gate::ops::Ops {
+        let (config, secrets) = self.setup.last.lock().unwrap().clone().unwrap();
+        b24gate::ops::Ops::new(config, &secrets, self.store.clone()).unwrap()
     }
 
     /// Stops the gateway and starts a new one on the same address and
