@@ -5,6 +5,8 @@
 //! inbox (group commit) → 200. No outbound call: install verification and
 //! everything else runs in jobs.
 
+use std::time::Instant;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, RawQuery, State};
@@ -73,11 +75,13 @@ async fn body_or_reject(state: &AppState, body: Body) -> Result<Vec<u8>, Respons
 /// `POST /b24/events`: every online delivery (and `ONAPPINSTALL`, when the
 /// app's install URL points here too).
 pub(crate) async fn events(State(state): State<AppState>, body: Body) -> Response {
-    let bytes = match body_or_reject(&state, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
+    let started = Instant::now();
+    let r = match body_or_reject(&state, body).await {
+        Ok(bytes) => ingest_event(&state, &bytes).await,
+        Err(r) => r,
     };
-    ingest_event(&state, &bytes).await
+    state.stats.ack_events.observe(started.elapsed());
+    r
 }
 
 /// `POST /b24/install`: flow A (an `ONAPPINSTALL` event) or flow B (the
@@ -88,14 +92,14 @@ pub(crate) async fn install(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    let bytes = match body_or_reject(&state, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
+    let started = Instant::now();
+    let r = match body_or_reject(&state, body).await {
+        Ok(bytes) if looks_like_event(&bytes) => ingest_event(&state, &bytes).await,
+        Ok(bytes) => ingest_installer(&state, query.unwrap_or_default().as_bytes(), &bytes).await,
+        Err(r) => r,
     };
-    if looks_like_event(&bytes) {
-        return ingest_event(&state, &bytes).await;
-    }
-    ingest_installer(&state, query.unwrap_or_default().as_bytes(), &bytes).await
+    state.stats.ack_install.observe(started.elapsed());
+    r
 }
 
 /// An event body has a top-level `event=` field; an installer POST does not.
@@ -170,6 +174,7 @@ async fn ingest_event(state: &AppState, bytes: &[u8]) -> Response {
             );
         }
         (TokenCheck::Mismatch, false) => {
+            audit_forged_lifecycle(state, member_id, &name);
             return reject(
                 state,
                 Some(&name),
@@ -214,6 +219,34 @@ async fn ingest_event(state: &AppState, bytes: &[u8]) -> Response {
         IngestOutcome::AcceptedUnverified
     };
     append(state, &name, row, outcome).await
+}
+
+/// A lifecycle event (uninstall, method confirmation) with a wrong token is
+/// an attack on a known portal: leave an audit entry (besides the counter),
+/// at most one per portal and event a minute so a flood cannot fill the log.
+/// Written off the request path.
+fn audit_forged_lifecycle(state: &AppState, member_id: &str, name: &str) {
+    if name != event::ONAPPUNINSTALL && name != event::ONAPPMETHODCONFIRM {
+        return;
+    }
+    let now = (state.now)();
+    if !state.stats.should_audit(member_id, name, now) {
+        return;
+    }
+    let store = state.store.clone();
+    let (member_id, name) = (member_id.to_owned(), name.to_owned());
+    tokio::spawn(async move {
+        let entry = store::NewAudit {
+            member_id: Some(&member_id),
+            actor: "bitrix24",
+            action: "event.forged",
+            outcome: "rejected",
+            detail: json!({"event": name, "reason": "application token does not match"}),
+        };
+        if let Err(e) = store.append_audit(&entry, now).await {
+            tracing::warn!(error = %e, "audit append failed");
+        }
+    });
 }
 
 async fn append(
@@ -447,6 +480,11 @@ pub(crate) struct PingQuery {
 /// `GET /b24/ping?nonce=…`: echoes the nonce, so `b24gate doctor` can prove
 /// that a request through the public URL reaches this gateway.
 pub(crate) async fn ping(Query(q): Query<PingQuery>) -> Response {
-    let nonce: String = q.nonce.chars().filter(char::is_ascii_alphanumeric).take(64).collect();
+    let nonce: String = q
+        .nonce
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(64)
+        .collect();
     Json(json!({"b24gate": true, "nonce": nonce})).into_response()
 }

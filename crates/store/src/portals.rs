@@ -273,6 +273,26 @@ impl Store {
                 .await?;
             let previous = current.map(|(s, _)| s);
             let generation = current.map_or(1, |(_, g)| g + 1);
+            // Residue of an earlier install that ended: calls parked with
+            // its (revoked) tokens can never run, and its offline
+            // reservations were deleted with the app's queue (§4.2).
+            if matches!(
+                previous,
+                Some(PortalStatus::Uninstalled | PortalStatus::Purged | PortalStatus::Failed)
+            ) {
+                sqlx::query(
+                    "UPDATE pending_calls SET state = 'expired', updated_at = $2 \
+                     WHERE member_id = $1 AND state IN ('waiting', 'confirmed')",
+                )
+                .bind(member_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM offline_drains WHERE member_id = $1")
+                    .bind(member_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let detail = serde_json::json!({
                 "flow": v.flow,
                 "domain": v.domain.as_str(),

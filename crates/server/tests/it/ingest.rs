@@ -183,8 +183,31 @@ async fn forged_uninstall_and_method_confirm_change_nothing() {
         json!({"TOKEN": "c".repeat(70), "METHOD": "voximplant.user.get", "CONFIRMED": "1"}),
         false,
     );
+    assert_eq!(g.post("/b24/events", mc.clone()).await.0, 401);
     assert_eq!(g.post("/b24/events", mc).await.0, 401);
     assert_eq!(g.inbox_count().await, 0);
+    // Each forged lifecycle event left one audit entry (throttled: the repeat
+    // within a minute adds none).
+    let store = g.store.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = store
+            .list_audit(&store::AuditFilter {
+                action_prefix: Some("event.forged"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len();
+        if n == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} forged-event audit entries"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The genuine confirmation is stored with its token sealed, not in clear.
     let real = event_body(
         "ONAPPMETHODCONFIRM",

@@ -7,6 +7,7 @@ crate::conformance!(
     migrations_resume_and_apply_once,
     drain_keeps_its_process_id_until_cleared,
     parked_calls_keep_their_token_sealed,
+    reinstall_repairs_residue_of_the_old_install,
 );
 
 fn rec(name: &str, handler: &str, state: &str) -> BindingRecord {
@@ -211,4 +212,57 @@ async fn parked_calls_keep_their_token_sealed(db: &TestDb) {
     let c = s.get_pending_call(id).await.unwrap().unwrap();
     assert_eq!(c.state, "done");
     assert_eq!(c.result.as_deref(), Some(r#"{"result":[]}"#));
+}
+
+async fn reinstall_repairs_residue_of_the_old_install(db: &TestDb) {
+    let s = &db.store;
+    let i = Install::new("acme");
+    let m = i.member_id.as_str();
+    s.record_verified_install(&i.verified(), T0).await.unwrap();
+    s.set_status(m, store::PortalStatus::Installed, None, "engine", T0)
+        .await
+        .unwrap();
+    let id = s
+        .park_call(
+            m,
+            "voximplant.user.get",
+            &serde_json::json!({}),
+            "old-token-000000",
+            T0 + 10,
+            T0,
+        )
+        .await
+        .unwrap();
+    s.set_drain_process(
+        &DrainUpdate {
+            member_id: m,
+            connector: "",
+            process_id: Some("old"),
+            ..Default::default()
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    // A repeat install while installed keeps them (an update, not a new life).
+    s.record_verified_install(&i.verified(), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_pending_call(id).await.unwrap().unwrap().state,
+        "waiting"
+    );
+    assert!(s.drain_state(m, "").await.unwrap().is_some());
+    s.set_status(m, store::PortalStatus::Installed, None, "engine", T0 + 2)
+        .await
+        .unwrap();
+    s.mark_uninstalled(m, false, None, T0 + 3).await.unwrap();
+    s.record_verified_install(&i.verified(), T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_pending_call(id).await.unwrap().unwrap().state,
+        "expired"
+    );
+    assert!(s.drain_state(m, "").await.unwrap().is_none());
 }
