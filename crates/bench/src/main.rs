@@ -76,6 +76,9 @@ pub struct Args {
     /// Event deliveries of the emulator scenario.
     #[arg(long, default_value_t = 60_000)]
     pub deliveries: u64,
+    /// Rounds per client of rest-bulk (one list of every deal each).
+    #[arg(long, default_value_t = 1)]
+    pub bulk_rounds: usize,
     /// Deals listed by rest-bulk.
     #[arg(long, default_value_t = 50_000)]
     pub deals: u64,

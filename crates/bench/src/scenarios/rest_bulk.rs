@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use b24emu::{Emulator, EmulatorConfig, LimitsSpec, PortalSpec, WebhookSpec};
-use client::{AllowList, Client, ClientConfig, RateConfig, RetryPolicy};
+use client::{AllowList, Client, ClientConfig, ListOptions, ListStrategy, RateConfig, RetryPolicy};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -53,7 +53,7 @@ fn counter(emu: &Emulator, k: &str) -> u64 {
     emu.stats()[k].as_u64().unwrap_or(0)
 }
 
-async fn ours(emu: &Emulator, hook: &str) -> anyhow::Result<Run> {
+async fn ours(emu: &Emulator, hook: &str, strategy: ListStrategy) -> anyhow::Result<Run> {
     let cfg = ClientConfig {
         allow: AllowList::new(["127.0.0.1"], true),
         rate: RateConfig::uniform(DRAIN, BURST),
@@ -63,7 +63,11 @@ async fn ours(emu: &Emulator, hook: &str) -> anyhow::Result<Run> {
     let p = Client::for_webhook(hook, cfg).map_err(|e| anyhow::anyhow!("client: {e}"))?;
     let (r0, l0) = (counter(emu, "requests"), counter(emu, "query_limit_errors"));
     let started = Instant::now();
-    let mut s = p.list_all("crm.deal.list", json!({"select": ["ID", "TITLE"]}));
+    let opts = ListOptions {
+        strategy,
+        ..Default::default()
+    };
+    let mut s = p.list_all_with("crm.deal.list", json!({"select": ["ID", "TITLE"]}), opts);
     let mut items = 0u64;
     let mut last = 0u64;
     while let Some(d) = s.next().await {
@@ -161,7 +165,7 @@ async fn theirs(emu: &Emulator, py: &Path, script: &Path, hook: &str) -> anyhow:
 pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
     let args = ctx.args;
     let deals = args.deals.max(1);
-    let rounds = args.rounds.clamp(1, 3);
+    let rounds = args.bulk_rounds.clamp(1, 3);
     let emu = sut::on(&ctx.sut, Emulator::start(EmulatorConfig::default())).await??;
     let portal = emu.create_portal(PortalSpec {
         name: Some("bulk".into()),
@@ -232,11 +236,15 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
 
     let mut mine: Vec<Run> = Vec::new();
     let mut base: Vec<Run> = Vec::new();
+    let bound = Duration::from_secs(110);
     for r in 0..rounds {
         let ours_first = r % 2 == 0;
         for side in [ours_first, !ours_first] {
             if side {
-                mine.push(ours(&emu, &hook).await?);
+                let run = tokio::time::timeout(bound, ours(&emu, &hook, ListStrategy::Auto))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("list_all took over {bound:?}"))??;
+                mine.push(run);
             } else if let Some((py, script, _)) = &baseline {
                 match theirs(&emu, py, script, &hook).await {
                     Ok(run) => base.push(run),
@@ -244,6 +252,13 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    // The same client with the offset strategy (fast_bitrix24's walk): shows
+    // how much of the difference is the emulator's cost of each walk.
+    match tokio::time::timeout(bound, ours(&emu, &hook, ListStrategy::Offset)).await {
+        Ok(Ok(o)) => report.figure("ours_with_offset_strategy", o.to_json()),
+        Ok(Err(e)) => report.note(format!("offset-strategy run failed: {e:#}")),
+        Err(_) => report.note("offset-strategy run took over 110 s"),
     }
     let best = |runs: &[Run]| -> Option<usize> {
         (0..runs.len()).max_by(|a, b| runs[*a].per_sec().total_cmp(&runs[*b].per_sec()))
