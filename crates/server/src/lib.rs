@@ -12,12 +12,20 @@
 //!   transaction (and one fsync) of [`store::Store::append_inbox`].
 //! - [`IngestStats`]: counters by event and outcome.
 //! - [`admin`]: the admin API (bearer token): the REST proxy, pending calls.
+//! - Observability: `metrics` (`GET /metrics`, Prometheus text, see
+//!   `docs/metrics.md`), `health` (`/healthz`, `/readyz`, `/v1/status`),
+//!   `status_page` (`GET /status`, server-rendered HTML), all reading one
+//!   `observe::Snapshot`; [`Observe`] holds what the gateway plugs in.
 
 pub mod admin;
 mod body;
+mod health;
 mod inbox_writer;
 mod ingest;
+mod metrics;
+pub mod observe;
 mod stats;
+mod status_page;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +37,8 @@ use tokio::net::TcpListener;
 
 pub use inbox_writer::{InboxWriter, OwnedInboxEvent};
 pub use ingest::{INSTALLER_POST, dedupe_key_online};
-pub use stats::{IngestOutcome, IngestStats};
+pub use observe::Observe;
+pub use stats::{ACK_BUCKETS, HistogramSnapshot, IngestOutcome, IngestStats};
 
 /// Limits of the Bitrix24-facing routes.
 #[derive(Debug, Clone)]
@@ -66,6 +75,8 @@ pub struct AppState {
     pub now: NowFn,
     /// The admin API; `None` answers 503 on `/v1/…`.
     pub admin: Option<Arc<admin::Admin>>,
+    /// What `/metrics`, `/readyz` and the status routes read beyond the store.
+    pub observe: Observe,
 }
 
 impl AppState {
@@ -89,11 +100,13 @@ impl AppState {
             stats: Arc::new(IngestStats::default()),
             now,
             admin: None,
+            observe: Observe::default(),
         }
     }
 }
 
-/// The router: Bitrix24-facing routes and health.
+/// The router: Bitrix24-facing routes, health, metrics, status and the
+/// admin API.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/b24/events", post(ingest::events))
@@ -101,6 +114,10 @@ pub fn app(state: AppState) -> Router {
         .route("/b24/install/status/{id}", get(ingest::install_status))
         .route("/b24/ping", get(ingest::ping))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/status", get(health::status))
+        .route("/status", get(status_page::page))
         .route(
             "/v1/portals/{member_id}/rest/{method}",
             post(admin::rest_proxy),

@@ -25,6 +25,12 @@ pub struct Gate {
 
 impl Gate {
     pub async fn start(ingest: IngestConfig) -> Gate {
+        Gate::start_with(ingest, |_| {}).await
+    }
+
+    /// As [`Gate::start`], with `setup` adjusting the state before the
+    /// server takes it (admin API, observability sources).
+    pub async fn start_with(ingest: IngestConfig, setup: impl FnOnce(&mut AppState)) -> Gate {
         // reqwest is built without a bundled TLS provider: name ours.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -46,7 +52,8 @@ impl Gate {
                 hits.fetch_add(1, Ordering::SeqCst);
             }
         });
-        let state = AppState::new(store.clone(), ingest);
+        let mut state = AppState::new(store.clone(), ingest);
+        setup(&mut state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
