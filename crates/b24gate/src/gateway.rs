@@ -24,7 +24,11 @@ pub struct Gateway {
     pub store: Store,
     pub client: client::Client,
     pub stats: Arc<server::IngestStats>,
-    engine: RunningEngine,
+    /// Shared only with the server's `/metrics` and status routes, which
+    /// hold a weak reference (target health), so shutdown can take it back.
+    engine: Arc<RunningEngine>,
+    /// What tells `/readyz` whether the workers run.
+    observe: server::Observe,
     server: JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -50,7 +54,7 @@ impl Gateway {
             engine = engine.with_event_handler(h);
         }
         let client = engine.client().clone();
-        let engine = engine.start();
+        let engine = Arc::new(engine.start());
         let ingest = server::IngestConfig {
             body_limit: config.server.body_limit_bytes as usize,
             ..opts.ingest
@@ -61,6 +65,20 @@ impl Gateway {
             token: secrets.admin_token.clone(),
             client: client.clone(),
         }));
+        let weak = Arc::downgrade(&engine);
+        state.observe.client = Some(client.clone());
+        state.observe.targets = Some(Arc::new(move || {
+            weak.upgrade()
+                .map(|e| e.target_health())
+                .unwrap_or_default()
+        }));
+        state.observe.target_names = config
+            .targets
+            .iter()
+            .map(|t| t.name.to_ascii_lowercase())
+            .collect();
+        state.observe.set_workers_running(true);
+        let observe = state.observe.clone();
         let stats = state.stats.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(listener, state, async move {
@@ -72,6 +90,7 @@ impl Gateway {
             client,
             stats,
             engine,
+            observe,
             server,
             stop,
         })
@@ -86,8 +105,13 @@ impl Gateway {
 
     /// Stops accepting requests, drains them, then stops the engine.
     pub async fn shutdown(self) {
+        self.observe.set_workers_running(false);
         let _ = self.stop.send(());
         let _ = self.server.await;
-        self.engine.shutdown().await;
+        // The server has stopped: no route holds the engine any more.
+        match Arc::into_inner(self.engine) {
+            Some(engine) => engine.shutdown().await,
+            None => tracing::error!("engine still referenced at shutdown; its loops are dropped"),
+        }
     }
 }
