@@ -156,7 +156,7 @@ async fn summary(state: &AppState) -> Result<Value, store::StoreError> {
         "dead_letters": {"total": dead.values().sum::<u64>(), "by_target": dead},
         "offline": offline,
         "targets": targets,
-        "auth_failures": {"since_start": failures, "rejected_installs_24h": rejected},
+        "auth_failures": {"since_start": failures, "rejected_24h": rejected},
         "unhealthy_portals": unhealthy,
     }))
 }

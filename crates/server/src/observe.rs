@@ -282,22 +282,29 @@ pub(crate) fn auth_failures(stats: &crate::IngestStats) -> Vec<(&'static str, u6
         .collect()
 }
 
-/// Audit entries of refused installs (forged or off-list) in the last day,
-/// newest first, at most `limit`.
+/// Audit entries of refused identities in the last day — installs that
+/// failed verification (`install.rejected`) and lifecycle events with a
+/// wrong application token for a known portal (`event.forged`) — newest
+/// first, at most `limit`.
 pub(crate) async fn recent_rejections(
     state: &AppState,
     now: i64,
     limit: usize,
 ) -> Result<Vec<store::AuditEntry>, StoreError> {
-    let mut rows = state
-        .store
-        .list_audit(&store::AuditFilter {
-            since: Some(now - 24 * 3600 * 1000),
-            action_prefix: Some("install.rejected"),
-            ..Default::default()
-        })
-        .await?;
-    rows.reverse();
+    let mut rows = Vec::new();
+    for prefix in ["install.rejected", "event.forged"] {
+        rows.extend(
+            state
+                .store
+                .list_audit(&store::AuditFilter {
+                    since: Some(now - 24 * 3600 * 1000),
+                    action_prefix: Some(prefix),
+                    ..Default::default()
+                })
+                .await?,
+        );
+    }
+    rows.sort_by(|a, b| b.id.cmp(&a.id));
     rows.truncate(limit);
     Ok(rows)
 }

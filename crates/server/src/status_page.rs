@@ -256,7 +256,7 @@ fn render(state: &AppState, snap: &Snapshot, rejected: &[store::AuditEntry]) -> 
         );
     }
     if rejected.is_empty() {
-        h.push_str("<tr><td colspan=\"4\">No refused installs in the last 24 hours.</td></tr>");
+        h.push_str("<tr><td colspan=\"4\">No refused installs or forged events in the last 24 hours.</td></tr>");
     }
     h.push_str("</tbody></table></body></html>");
     h

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use server::IngestConfig;
 use store::{BindingKey, BindingRecord, DrainUpdate, Keyring, NewJob, OpenOptions, Store};
 
-use crate::helpers::{APP_TOKEN, Gate, MEMBER};
+use crate::helpers::{APP_TOKEN, Gate, MEMBER, event_body};
 
 const ADMIN: &str = "observability-admin-token-0123456789";
 const SICK: &str = "0123456789abcdef0123456789abcdef";
@@ -283,6 +283,44 @@ async fn status_json_names_the_unhealthy_portal_and_its_fix() {
     );
     assert_eq!(v["targets"]["app"]["healthy"], true);
     assert_eq!(v["auth_failures"]["since_start"]["bad_token"], 0);
+
+    // A forged uninstall for a known portal: counted, and audited.
+    let forged = event_body(
+        "ONAPPUNINSTALL",
+        MEMBER,
+        "forged0000000000000000000000000",
+        &g.trap_url,
+        json!({"CLEAN": "1"}),
+        false,
+    );
+    let (s, _) = g.post("/b24/events", forged).await;
+    assert_eq!(s, 401);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (_, body) = get(&format!("{}/v1/status", g.url), Some(ADMIN)).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if !v["auth_failures"]["rejected_24h"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no audit entry: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(v["auth_failures"]["since_start"]["bad_token"], 1);
+    let entry = &v["auth_failures"]["rejected_24h"][0];
+    assert_eq!(entry["action"], "event.forged", "{v}");
+    assert_eq!(entry["member_id"], MEMBER);
+    assert_eq!(entry["detail"]["event"], "ONAPPUNINSTALL");
+    assert!(
+        !v.to_string().contains("forged0000"),
+        "no token echoed: {v}"
+    );
     g.stop().await;
 }
 
