@@ -304,7 +304,7 @@ pub(crate) async fn recent_rejections(
                 .await?,
         );
     }
-    rows.sort_by(|a, b| b.id.cmp(&a.id));
+    rows.sort_by_key(|a| std::cmp::Reverse(a.id));
     rows.truncate(limit);
     Ok(rows)
 }
