@@ -452,3 +452,43 @@ fn assert_png(path: &Path) {
         bytes.len()
     );
 }
+
+#[tokio::test]
+async fn portal_label_is_opt_in() {
+    let g = Gate::start_with(IngestConfig::default(), with_admin).await;
+    sick_fleet(&g).await;
+    let (s, text) = get(&format!("{}/metrics", g.url), Some(ADMIN)).await;
+    assert_eq!(s, 200);
+    assert!(!text.contains("portal=\""), "{text}");
+    assert!(!text.contains(SICK), "{text}");
+    assert!(text.contains("\nb24gate_bindings_missing 1\n"), "{text}");
+    assert!(text.contains("\nb24gate_portals_unhealthy 1\n"), "{text}");
+    g.stop().await;
+
+    let g = Gate::start_with(IngestConfig::default(), |s| {
+        with_admin(s);
+        s.observe.portal_label = true;
+    })
+    .await;
+    sick_fleet(&g).await;
+    let (_, text) = get(&format!("{}/metrics", g.url), Some(ADMIN)).await;
+    assert!(
+        text.contains(&format!(
+            "\nb24gate_portal_bindings{{portal=\"{SICK}\",state=\"missing\"}} 1\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "\nb24gate_portal_bindings{{portal=\"{MEMBER}\",state=\"bound\"}} 2\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "b24gate_portal_offline_lag_seconds{{portal=\"{SICK}\",connector=\"\"}} 6"
+        )),
+        "ten minutes of lag: {text}"
+    );
+    g.stop().await;
+}
