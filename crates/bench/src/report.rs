@@ -29,6 +29,26 @@ impl Check {
         }
     }
 
+    pub fn above(what: &str, value: f64, target: f64) -> Check {
+        Check {
+            what: what.to_string(),
+            op: ">",
+            target,
+            value: round3(value),
+            met: value.is_finite() && value > target,
+        }
+    }
+
+    pub fn below(what: &str, value: f64, target: f64) -> Check {
+        Check {
+            what: what.to_string(),
+            op: "<",
+            target,
+            value: round3(value),
+            met: value.is_finite() && value < target,
+        }
+    }
+
     pub fn at_most(what: &str, value: f64, target: f64) -> Check {
         Check {
             what: what.to_string(),
@@ -240,6 +260,10 @@ mod tests {
         assert!(!Check::at_least("x", f64::NAN, 1.0).met);
         assert!(Check::at_most("p99", 9.9, 10.0).met);
         assert!(!Check::at_most("p99", 10.1, 10.0).met);
+        assert!(!Check::above("r", 1.0, 1.0).met);
+        assert!(Check::above("r", 1.01, 1.0).met);
+        assert!(!Check::below("q", 1.0, 1.0).met);
+        assert!(Check::below("q", 0.95, 1.0).met);
         let mut r = Report::new("t", Machine::default());
         r.finish(0.0);
         assert!(!r.met, "no target is not a met target");

@@ -441,3 +441,37 @@ async fn breakdown(store: Store, portals: Arc<Vec<PortalKeys>>) -> anyhow::Resul
     }
     Ok(Value::Object(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_template_makes_distinct_parseable_events() {
+        let p = PortalKeys {
+            member_id: random_hex(16),
+            app_token: random_hex(16),
+            domain: "p1.bitrix24.com".into(),
+        };
+        let (a, b) = body_template(&p);
+        let body = |id: u64| format!("{a}{id}{b}");
+        let limits = wire::Limits::default();
+        let e1 = wire::Event::parse(body(7).as_bytes(), &limits).expect("parses");
+        let e2 = wire::Event::parse(body(8).as_bytes(), &limits).expect("parses");
+        assert_eq!(e1.name.as_str(), "ONCRMDEALADD");
+        assert_eq!(e1.auth.member_id.as_str(), p.member_id);
+        assert!(e1.auth.application_token.is_some());
+        assert_ne!(
+            server::dedupe_key_online(&e1),
+            server::dedupe_key_online(&e2),
+            "each request must be a new inbox row"
+        );
+    }
+
+    #[test]
+    fn fs_type_finds_the_root_mount() {
+        if std::path::Path::new("/proc/mounts").exists() {
+            assert!(fs_type(std::path::Path::new("/")).is_some());
+        }
+    }
+}
