@@ -17,6 +17,30 @@ pub struct GatewayOptions {
     pub handler: Option<Arc<dyn engine::forward::EventHandler>>,
 }
 
+/// What it takes to build the engine again.
+struct Restart {
+    config: Arc<Config>,
+    secrets: Secrets,
+    engine: EngineOptions,
+    handler: Option<Arc<dyn engine::forward::EventHandler>>,
+}
+
+impl Restart {
+    fn engine(&self, store: &Store) -> anyhow::Result<engine::Engine> {
+        let mut e = engine::Engine::new(
+            self.config.clone(),
+            &self.secrets,
+            store.clone(),
+            engine::system_now(),
+            self.engine.clone(),
+        )?;
+        if let Some(h) = &self.handler {
+            e = e.with_event_handler(h.clone());
+        }
+        Ok(e)
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     /// `http://addr` of the listener.
@@ -27,6 +51,7 @@ pub struct Gateway {
     /// Shared only with the server's `/metrics` and status routes, which
     /// hold a weak reference (target health), so shutdown can take it back.
     engine: Arc<RunningEngine>,
+    restart: Restart,
     /// What tells `/readyz` whether the workers run.
     observe: server::Observe,
     server: JoinHandle<std::io::Result<()>>,
@@ -43,16 +68,13 @@ impl Gateway {
         opts: GatewayOptions,
     ) -> anyhow::Result<Gateway> {
         let addr = listener.local_addr()?;
-        let mut engine = engine::Engine::new(
-            config.clone(),
-            secrets,
-            store.clone(),
-            engine::system_now(),
-            opts.engine,
-        )?;
-        if let Some(h) = opts.handler {
-            engine = engine.with_event_handler(h);
-        }
+        let restart = Restart {
+            config: config.clone(),
+            secrets: secrets.clone(),
+            engine: opts.engine.clone(),
+            handler: opts.handler.clone(),
+        };
+        let engine = restart.engine(&store)?;
         let client = engine.client().clone();
         let engine = Arc::new(engine.start());
         let ingest = server::IngestConfig {
@@ -90,6 +112,7 @@ impl Gateway {
             client,
             stats,
             engine,
+            restart,
             observe,
             server,
             stop,
@@ -101,6 +124,25 @@ impl Gateway {
         &self,
     ) -> std::collections::HashMap<String, engine::forward::TargetHealth> {
         self.engine.target_health()
+    }
+
+    /// Kills the engine mid-flight — dispatcher, workers and running jobs
+    /// aborted wherever they are, leases left to expire — and starts a new
+    /// one on the same database with pools of its own, as a restarted worker
+    /// process would. The server keeps answering meanwhile.
+    pub async fn crash_engine(&mut self) -> anyhow::Result<()> {
+        let store = self.store.reopen().await?;
+        let fresh = Arc::new(self.restart.engine(&store)?.start());
+        // Dropping the last handle aborts every task of the old engine.
+        drop(std::mem::replace(&mut self.engine, fresh));
+        Ok(())
+    }
+
+    /// Stops everything at once, mid-flight, as a crash would (in-process):
+    /// requests in progress are cut, running jobs lose their leases.
+    pub fn abort(self) {
+        self.server.abort();
+        drop(self.engine);
     }
 
     /// Stops accepting requests, drains them, then stops the engine.

@@ -174,39 +174,34 @@ impl Router {
         Plan { state, jobs }
     }
 
-    /// Dispatches up to `limit` pending deliveries; returns how many.
-    pub async fn dispatch_pending(
-        &self,
-        store: &Store,
-        limit: i64,
-        now: i64,
-    ) -> store::Result<usize> {
+    /// Dispatches up to `limit` pending deliveries in one transaction;
+    /// returns how many.
+    pub async fn dispatch_pending(&self, store: &Store, limit: i64, now: i64) -> store::Result<usize> {
         let rows = store.pending_inbox(limit).await?;
-        let mut n = 0;
-        for row in rows {
-            let plan = self.plan(&row);
-            let jobs: Vec<NewJob<'_>> = plan
-                .jobs
-                .iter()
-                .map(|j| NewJob {
-                    kind: j.kind,
-                    member_id: Some(&row.member_id),
-                    serial_key: j.serial_key.as_deref(),
-                    unique_key: Some(&j.unique_key),
-                    calls_portal: j.calls_portal,
-                    payload: &j.payload,
-                    max_attempts: j.max_attempts,
-                    run_at: now,
-                })
-                .collect();
-            if store
-                .dispatch_inbox(row.id, plan.state, &jobs, now)
-                .await?
-                .is_some()
-            {
-                n += 1;
-            }
+        if rows.is_empty() {
+            return Ok(0);
         }
-        Ok(n)
+        let plans: Vec<(&InboxEvent, Plan)> = rows.iter().map(|r| (r, self.plan(r))).collect();
+        let entries: Vec<(i64, &str, Vec<NewJob<'_>>)> = plans
+            .iter()
+            .map(|(row, plan)| {
+                let jobs = plan
+                    .jobs
+                    .iter()
+                    .map(|j| NewJob {
+                        kind: j.kind,
+                        member_id: Some(&row.member_id),
+                        serial_key: j.serial_key.as_deref(),
+                        unique_key: Some(&j.unique_key),
+                        calls_portal: j.calls_portal,
+                        payload: &j.payload,
+                        max_attempts: j.max_attempts,
+                        run_at: now,
+                    })
+                    .collect();
+                (row.id, plan.state, jobs)
+            })
+            .collect();
+        store.dispatch_inbox_batch(&entries, now).await
     }
 }

@@ -135,20 +135,14 @@ pub fn start(store: Store, handlers: Handlers, now: NowFn, opts: RunnerOptions) 
     let (stop, stop_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
-    let handlers = Arc::new(handlers);
-    for n in 0..opts.workers.max(1) {
-        let w = Worker {
-            store: store.clone(),
-            handlers: handlers.clone(),
-            now: now.clone(),
-            id: format!("{}/{n}", opts.worker_id),
-            lease: opts.lease,
-            poll: opts.poll,
-            wake: wake.clone(),
-            stop: stop_rx.clone(),
-        };
-        tasks.spawn(w.run());
-    }
+    let w = Arc::new(Worker {
+        store: store.clone(),
+        handlers: Arc::new(handlers),
+        now: now.clone(),
+        id: opts.worker_id.clone(),
+        lease: opts.lease,
+    });
+    tasks.spawn(claimer(w, opts.clone(), wake.clone(), stop_rx.clone()));
     tasks.spawn(rescuer(store, now, opts.clone(), stop_rx));
     RunningPool {
         stop,
@@ -162,46 +156,58 @@ struct Worker {
     store: Store,
     handlers: Arc<Handlers>,
     now: NowFn,
+    /// This process's name in `locked_by`.
     id: String,
     lease: Duration,
-    poll: Duration,
-    wake: Arc<Notify>,
-    stop: watch::Receiver<bool>,
+}
+
+/// Claims as many due jobs as there are free slots, in one claim (one
+/// transaction, not one per job), and runs each in a task of its own, at
+/// most `workers` at a time. Stopping stops the claiming; running jobs get
+/// the pool's grace period. Aborting the pool aborts them with it.
+async fn claimer(w: Arc<Worker>, opts: RunnerOptions, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let workers = opts.workers.max(1);
+    let lease_ms = w.lease.as_millis() as i64;
+    let mut running: JoinSet<()> = JoinSet::new();
+    loop {
+        while running.try_join_next().is_some() {}
+        if *stop.borrow() {
+            break;
+        }
+        let free = workers.saturating_sub(running.len());
+        if free == 0 {
+            tokio::select! {
+                _ = running.join_next() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let claimed = match w.store.claim_jobs(&w.id, free as i64, lease_ms, (w.now)()).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "job claim failed");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            let notified = wake.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(opts.poll) => {}
+                _ = stop.changed() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+            continue;
+        }
+        for job in claimed {
+            let w = w.clone();
+            running.spawn(async move { w.run_one(job).await });
+        }
+    }
+    while running.join_next().await.is_some() {}
 }
 
 impl Worker {
-    async fn run(mut self) {
-        let lease_ms = self.lease.as_millis() as i64;
-        loop {
-            if *self.stop.borrow() {
-                return;
-            }
-            let claimed = match self
-                .store
-                .claim_jobs(&self.id, 1, lease_ms, (self.now)())
-                .await
-            {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(error = %e, "job claim failed");
-                    Vec::new()
-                }
-            };
-            if claimed.is_empty() {
-                let wake = self.wake.notified();
-                tokio::select! {
-                    _ = wake => {}
-                    _ = tokio::time::sleep(self.poll) => {}
-                    _ = self.stop.changed() => {}
-                }
-                continue;
-            }
-            for job in claimed {
-                self.run_one(job).await;
-            }
-        }
-    }
-
     async fn run_one(&self, job: Job) {
         let Some(handler) = self.handlers.get(&job.kind).cloned() else {
             let _ = self

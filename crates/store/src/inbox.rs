@@ -172,6 +172,38 @@ impl Store {
         })
     }
 
+    /// [`Store::dispatch_inbox`] for many deliveries in one transaction (one
+    /// commit, one fsync): each entry is `(inbox id, new state, its jobs)`.
+    /// Returns how many were still pending and were dispatched.
+    pub async fn dispatch_inbox_batch(
+        &self,
+        entries: &[(i64, &str, Vec<NewJob<'_>>)],
+        now: UnixMillis,
+    ) -> Result<usize> {
+        const SQL: &str =
+            "UPDATE inbox SET state = $2, processed_at = $3 WHERE id = $1 AND state = 'pending'";
+        with_tx!(self, |tx| {
+            let mut dispatched = 0;
+            for (id, state, jobs) in entries {
+                let n = sqlx::query(SQL)
+                    .bind(id)
+                    .bind(*state)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    continue;
+                }
+                dispatched += 1;
+                for job in jobs {
+                    insert_job!(tx, job, now);
+                }
+            }
+            Ok::<_, StoreError>(dispatched)
+        })
+    }
+
     /// Marks a delivery `processed` or `rejected`; its secrets are dropped
     /// once it has been handled (they are needed only to verify an install).
     pub async fn finish_inbox(&self, id: i64, state: &str, now: UnixMillis) -> Result<bool> {

@@ -194,6 +194,8 @@ pub(crate) use with_tx;
 pub struct Store {
     pub(crate) db: Db,
     pub(crate) keys: Keyring,
+    /// What it was opened with, for [`Store::reopen`].
+    url: std::sync::Arc<(String, OpenOptions)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -223,6 +225,19 @@ impl Store {
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
+                // A task cancelled between `BEGIN IMMEDIATE` and the moment
+                // its transaction handle existed hands the connection back
+                // still inside the transaction, holding SQLite's write lock
+                // for good (every other writer then waits out its busy
+                // timeout). Roll back whatever a connection brings back
+                // before it is used again; outside a transaction this is a
+                // no-op error, ignored.
+                .before_acquire(|conn, _| {
+                    Box::pin(async move {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                        Ok(true)
+                    })
+                })
                 .connect_with(base.clone())
                 .await?;
             let read = if in_memory {
@@ -245,7 +260,18 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl);
         };
-        Ok(Store { db, keys })
+        Ok(Store {
+            db,
+            keys,
+            url: std::sync::Arc::new((url.to_owned(), opts.clone())),
+        })
+    }
+
+    /// A handle on the same database with pools of its own, as another
+    /// process would open it.
+    pub async fn reopen(&self) -> Result<Store> {
+        let (url, opts) = &*self.url;
+        Store::open(url, self.keys.clone(), opts).await
     }
 
     pub fn backend(&self) -> Backend {

@@ -20,6 +20,9 @@ pub const TARGET_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub struct Receiver {
     pub events: Arc<Mutex<HashMap<String, serde_json::Value>>>,
     pub requests: Arc<AtomicU64>,
+    /// Fail every n-th request with a 503 (0: never).
+    pub fail_every: Arc<AtomicU64>,
+    pub failures: Arc<AtomicU64>,
 }
 
 impl Receiver {
@@ -50,7 +53,12 @@ async fn hook(
     headers: axum::http::HeaderMap,
     body: String,
 ) -> StatusCode {
-    r.requests.fetch_add(1, Ordering::SeqCst);
+    let n = r.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let every = r.fail_every.load(Ordering::SeqCst);
+    if every > 0 && n % every == 0 {
+        r.failures.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -159,6 +167,13 @@ impl World {
     /// placements, migrations…); `installer` selects install flow B.
     pub async fn start(manifest: &str, installer: bool) -> World {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // `B24GATE_TEST_LOG=debug` shows the gateway's logs while debugging.
+        if let Ok(filter) = std::env::var("B24GATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gate_url = format!("http://{}", listener.local_addr().unwrap());
@@ -212,6 +227,12 @@ impl World {
     pub fn ops(&self) -> b24gate::ops::Ops {
         let (config, secrets) = self.setup.last.lock().unwrap().clone().unwrap();
         b24gate::ops::Ops::new(config, &secrets, self.store.clone()).unwrap()
+    }
+
+    /// Kills the gateway's engine mid-flight and starts a new one on the
+    /// same database (see `Gateway::crash_engine`).
+    pub async fn crash_engine(&mut self) {
+        self.gate.as_mut().unwrap().crash_engine().await.unwrap();
     }
 
     /// Stops the gateway and starts a new one on the same address and

@@ -6,3 +6,4 @@ mod harness;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod runtime;
