@@ -176,7 +176,12 @@ impl Router {
 
     /// Dispatches up to `limit` pending deliveries in one transaction;
     /// returns how many.
-    pub async fn dispatch_pending(&self, store: &Store, limit: i64, now: i64) -> store::Result<usize> {
+    pub async fn dispatch_pending(
+        &self,
+        store: &Store,
+        limit: i64,
+        now: i64,
+    ) -> store::Result<usize> {
         let rows = store.pending_inbox(limit).await?;
         if rows.is_empty() {
             return Ok(0);

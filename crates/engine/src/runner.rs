@@ -165,7 +165,12 @@ struct Worker {
 /// transaction, not one per job), and runs each in a task of its own, at
 /// most `workers` at a time. Stopping stops the claiming; running jobs get
 /// the pool's grace period. Aborting the pool aborts them with it.
-async fn claimer(w: Arc<Worker>, opts: RunnerOptions, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn claimer(
+    w: Arc<Worker>,
+    opts: RunnerOptions,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     let workers = opts.workers.max(1);
     let lease_ms = w.lease.as_millis() as i64;
     let mut running: JoinSet<()> = JoinSet::new();
@@ -182,7 +187,11 @@ async fn claimer(w: Arc<Worker>, opts: RunnerOptions, wake: Arc<Notify>, mut sto
             }
             continue;
         }
-        let claimed = match w.store.claim_jobs(&w.id, free as i64, lease_ms, (w.now)()).await {
+        let claimed = match w
+            .store
+            .claim_jobs(&w.id, free as i64, lease_ms, (w.now)())
+            .await
+        {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "job claim failed");
