@@ -54,6 +54,9 @@ pub enum Command {
         /// Stream every item of a list method, one JSON line each.
         #[arg(long)]
         all: bool,
+        /// Allow a plain-http webhook URL (an emulator on loopback).
+        #[arg(long)]
+        allow_http: bool,
         method: String,
         /// Parameters as a JSON object.
         params: Option<String>,

@@ -128,12 +128,21 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         all,
         method,
         params,
+        allow_http,
         ..
     } = &args.command
     {
-        return ops::call(None, Some(url), None, *all, method, params.as_deref())
-            .await
-            .map_err(CliError::Other);
+        return ops::call(
+            None,
+            Some(url),
+            None,
+            *all,
+            *allow_http,
+            method,
+            params.as_deref(),
+        )
+        .await
+        .map_err(CliError::Other);
     }
     let (config, secrets) = load_config(&args)?;
     let config = std::sync::Arc::new(config);
@@ -154,6 +163,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
                 None,
                 portal.as_deref(),
                 all,
+                false,
                 &method,
                 params.as_deref(),
             )

@@ -125,6 +125,7 @@ pub async fn call(
     webhook: Option<&str>,
     portal: Option<&str>,
     all: bool,
+    allow_http: bool,
     method: &str,
     params_text: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -132,7 +133,16 @@ pub async fn call(
     let pc = match (webhook, portal) {
         (Some(url), None) => {
             engine::install_tls_provider();
-            client::Client::for_webhook(url, client::ClientConfig::default())?
+            // The operator names the webhook: its host is the allow-list.
+            let host = url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .context("--webhook must be a URL")?;
+            let cfg = client::ClientConfig {
+                allow: client::AllowList::new([host], allow_http),
+                ..client::ClientConfig::default()
+            };
+            client::Client::for_webhook(url, cfg)?
         }
         (None, Some(m)) => ops
             .context("--portal needs the configuration and database")?

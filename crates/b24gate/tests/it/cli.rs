@@ -230,3 +230,115 @@ fn demo_runs_every_stage_and_exits_0() {
     );
     assert!(!v["bindings"].as_array().unwrap().is_empty());
 }
+
+/// `b24gate call` through an incoming webhook of an emulated portal, a plain
+/// call and a whole list streamed as JSON lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_through_a_webhook_prints_results_and_streams_lists() {
+    let emu = b24emu::Emulator::start(b24emu::EmulatorConfig::default())
+        .await
+        .unwrap();
+    let p = emu
+        .create_portal(b24emu::PortalSpec {
+            name: Some("hooked".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let hook = emu
+        .create_webhook(
+            &p.member_id,
+            b24emu::WebhookSpec {
+                user_id: Some(1),
+                scopes: vec!["crm".into()],
+            },
+        )
+        .unwrap();
+    let url = hook["url"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let u = url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        b24gate(
+            &d,
+            &[
+                "call",
+                "--webhook",
+                &u,
+                "--allow-http",
+                "crm.deal.add",
+                r#"{"fields":{"TITLE":"via cli"}}"#,
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        v["result"].as_u64().is_some() || v["result"].is_string(),
+        "{v}"
+    );
+    emu.changes(
+        &p.member_id,
+        b24emu::ChangeSpec {
+            entity: "deal".into(),
+            action: "add".into(),
+            count: 120,
+            user_id: 1,
+            id: None,
+            client_id: None,
+            auth_connector: String::new(),
+            fields: Default::default(),
+        },
+    )
+    .unwrap();
+    let d = dir.path().to_owned();
+    let u = url.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        b24gate(
+            &d,
+            &[
+                "call",
+                "--webhook",
+                &u,
+                "--allow-http",
+                "--all",
+                "crm.deal.list",
+                "{}",
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let lines: Vec<_> = stdout(&listed).lines().map(str::to_owned).collect();
+    // 120 changes plus the one deal added through the CLI above.
+    assert_eq!(lines.len(), 121, "every deal, one JSON line each");
+    for l in &lines {
+        let item: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(item["ID"].is_string() || item["ID"].is_number());
+    }
+    // The webhook code is a secret: it appears in no error message.
+    let code = url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let d = dir.path().to_owned();
+    let u = url.clone();
+    let bad = tokio::task::spawn_blocking(move || {
+        b24gate(
+            &d,
+            &["call", "--webhook", &u, "--allow-http", "no.such.method"],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!bad.status.success());
+    assert!(!stderr(&bad).contains(&code), "{}", stderr(&bad));
+    emu.shutdown().await;
+}
