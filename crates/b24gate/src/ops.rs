@@ -95,7 +95,8 @@ impl Ops {
         })
     }
 
-    fn lifecycle(&self) -> Lifecycle {
+    /// The lifecycle the commands run (`reconcile`, `doctor`).
+    pub fn lifecycle(&self) -> Lifecycle {
         Lifecycle {
             store: self.store.clone(),
             client: self.client.clone(),

@@ -50,6 +50,11 @@ pub struct BringUp {
     pub deferred: usize,
     pub migrations: Vec<String>,
     pub requests: usize,
+    /// The REST calls of the plan, one line each (`event.bind {…}`): what a
+    /// dry run would do; also recorded for a real run.
+    pub plan: Vec<String>,
+    /// Why each unsatisfiable binding cannot be had.
+    pub unsatisfiable_reasons: Vec<String>,
 }
 
 /// Why an install was refused: a fact about the request, not a fault to
@@ -537,6 +542,25 @@ impl Lifecycle {
         up.unsatisfiable = plan.unsatisfiable.len();
         up.foreign = plan.foreign.len();
         up.deferred = plan.deferred.len();
+        up.plan = plan
+            .bind
+            .iter()
+            .map(reconcile::bind_command)
+            .chain(plan.unbind.iter().map(reconcile::unbind_command))
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect();
+        up.unsatisfiable_reasons = plan
+            .unsatisfiable
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {}: {}",
+                    d.key.name,
+                    d.key.mode,
+                    d.unsatisfiable.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
         if !apply {
             up.bound = plan.bind.len();
             up.unbound = plan.unbind.len();

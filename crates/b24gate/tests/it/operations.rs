@@ -36,6 +36,16 @@ async fn doctor_finds_a_dropped_binding_fix_repairs_it_and_then_passes() {
             ..Default::default()
         })
         .unwrap();
+    // A dry run lists the binds it would make, and changes nothing.
+    let dry = ops.lifecycle().bring_up(&m, false).await.unwrap();
+    assert!(
+        dry.plan
+            .iter()
+            .any(|c| c.starts_with("event.bind") && c.contains("ONCRMDEALADD")),
+        "{:?}",
+        dry.plan
+    );
+    assert!(dry.plan.len() >= 1);
     let sick = b24gate::ops::doctor_portal(&ops, &m, false).await.unwrap();
     assert_eq!(outcome(&sick, 3), "fail", "{sick:#?}");
     assert_eq!(outcome(&sick, 4), "skip");
