@@ -45,7 +45,6 @@ async fn doctor_finds_a_dropped_binding_fix_repairs_it_and_then_passes() {
         "{:?}",
         dry.plan
     );
-    assert!(dry.plan.len() >= 1);
     let sick = b24gate::ops::doctor_portal(&ops, &m, false).await.unwrap();
     assert_eq!(outcome(&sick, 3), "fail", "{sick:#?}");
     assert_eq!(outcome(&sick, 4), "skip");
