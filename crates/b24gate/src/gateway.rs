@@ -99,6 +99,8 @@ impl Gateway {
             .iter()
             .map(|t| t.name.to_ascii_lowercase())
             .collect();
+        state.observe.metrics_open = config.metrics.open;
+        state.observe.portal_label = config.metrics.portal_label;
         state.observe.set_workers_running(true);
         let observe = state.observe.clone();
         let stats = state.stats.clone();

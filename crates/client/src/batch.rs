@@ -208,7 +208,9 @@ impl PortalClient {
                 deadline_ms,
                 pinned: None,
             };
-            let success = self.execute(&req).await?;
+            let r = self.execute(&req).await;
+            self.note_outcome(&r);
+            let success = r?;
             out.requests += 1;
             let mut br =
                 BatchResult::from_result(&success.result).map_err(|e| Error::Response {

@@ -53,6 +53,16 @@ pub struct ClientStats {
     pub operating_limited: u64,
     /// Renames followed and recorded.
     pub renames: u64,
+    /// Logical calls that succeeded.
+    pub ok: u64,
+    /// Logical calls that ended with a Bitrix24 error.
+    pub api_errors: u64,
+    /// Logical calls that ended with a transport error, deadline or bad response.
+    pub transport_errors: u64,
+    /// Times a portal's retry-storm breaker opened.
+    pub breaker_trips: u64,
+    /// Calls refused because a portal's breaker was open.
+    pub breaker_refusals: u64,
 }
 
 #[derive(Default)]
@@ -65,6 +75,11 @@ struct Stats {
     rate_limited: AtomicU64,
     operating_limited: AtomicU64,
     renames: AtomicU64,
+    ok: AtomicU64,
+    api_errors: AtomicU64,
+    transport_errors: AtomicU64,
+    breaker_trips: AtomicU64,
+    breaker_refusals: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -101,6 +116,8 @@ pub(crate) struct PortalState {
     slow: Mutex<(f64, i64)>,
     /// Webhook mode: the base URL (`…/rest/{user}/{code}/`). Secret.
     webhook: Mutex<Option<Endpoint>>,
+    /// Retry times in the breaker's window, and until when it is open.
+    breaker: Mutex<(std::collections::VecDeque<i64>, i64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -292,6 +309,11 @@ impl Inner {
             rate_limited: l(&s.rate_limited),
             operating_limited: l(&s.operating_limited),
             renames: l(&s.renames),
+            ok: l(&s.ok),
+            api_errors: l(&s.api_errors),
+            transport_errors: l(&s.transport_errors),
+            breaker_trips: l(&s.breaker_trips),
+            breaker_refusals: l(&s.breaker_refusals),
         }
     }
 
@@ -453,7 +475,9 @@ impl PortalClient {
             deadline_ms: self.deadline_ms(opts),
             pinned: None,
         };
-        let s = self.execute(&req).await?;
+        let r = self.execute(&req).await;
+        self.note_outcome(&r);
+        let s = r?;
         if let Some(t) = &s.time {
             self.note_time(method, t);
         }
@@ -480,7 +504,70 @@ impl PortalClient {
             deadline_ms: self.deadline_ms(&CallOptions::default()),
             pinned: Some(token.clone()),
         };
-        self.execute(&req).await
+        let r = self.execute(&req).await;
+        self.note_outcome(&r);
+        r
+    }
+
+    /// Counts how a logical call ended (metrics: REST calls by outcome).
+    pub(crate) fn note_outcome<T>(&self, r: &Result<T, Error>) {
+        let s = &self.inner.stats;
+        match r {
+            Ok(_) => bump(&s.ok),
+            Err(
+                Error::Api { .. } | Error::ConfirmationWaiting(_) | Error::ConfirmationDenied(_),
+            ) => bump(&s.api_errors),
+            Err(Error::Transport { .. } | Error::Deadline { .. } | Error::Response { .. }) => {
+                bump(&s.transport_errors)
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Refuses without the network while this portal's breaker is open.
+    fn breaker_check(&self) -> Result<(), Error> {
+        let until = self
+            .state
+            .breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1;
+        if until > self.inner.clock.now_ms() {
+            bump(&self.inner.stats.breaker_refusals);
+            return Err(Error::CircuitOpen {
+                portal: self.key_for_log().to_owned(),
+                until_ms: until,
+            });
+        }
+        Ok(())
+    }
+
+    /// A retry storm — more than `breaker.max_retries` retries within
+    /// `breaker.window` for one portal — opens its breaker for
+    /// `breaker.cooldown`: its outbound work pauses, it is logged once and
+    /// counted, and it closes by itself.
+    fn breaker_note_retry(&self) {
+        let cfg = &self.inner.cfg.breaker;
+        if cfg.max_retries == 0 {
+            return;
+        }
+        let now = self.inner.clock.now_ms();
+        let mut b = self.state.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let window = cfg.window.as_millis() as i64;
+        b.0.push_back(now);
+        while b.0.front().is_some_and(|t| *t < now - window) {
+            b.0.pop_front();
+        }
+        if b.0.len() > cfg.max_retries && b.1 <= now {
+            b.1 = now + cfg.cooldown.as_millis() as i64;
+            b.0.clear();
+            bump(&self.inner.stats.breaker_trips);
+            tracing::warn!(
+                portal = self.key_for_log(),
+                cooldown_ms = cfg.cooldown.as_millis() as u64,
+                "retry storm: outbound calls to this portal paused"
+            );
+        }
     }
 
     pub(crate) fn deadline_ms(&self, opts: &CallOptions) -> i64 {
@@ -504,6 +591,7 @@ impl PortalClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            self.breaker_check()?;
             let target = self.target().await?;
             let creds = match &*self.mode {
                 Mode::OAuth(m) => Some(self.credentials(m, req.deadline_ms).await?),
@@ -635,6 +723,7 @@ impl PortalClient {
                 return Err(err);
             }
             bump(&inner.stats.retries);
+            self.breaker_note_retry();
             debug!(portal = self.key_for_log(), method = %req.method, error = %err, delay_ms = delay.as_millis() as u64, "retrying");
             inner.clock.sleep(delay).await;
         }

@@ -277,6 +277,27 @@ pub struct ClientConfig {
     /// The plan assumed for webhook clients (they have no portal record).
     pub webhook_plan: Plan,
     pub user_agent: String,
+    /// The per-portal retry-storm breaker.
+    pub breaker: BreakerConfig,
+}
+
+/// When retries for one portal pass `max_retries` within `window`, its
+/// outbound work pauses for `cooldown` (0 retries disables the breaker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    pub max_retries: usize,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            max_retries: 30,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -293,6 +314,7 @@ impl Default for ClientConfig {
             resolve: Vec::new(),
             webhook_plan: Plan::Standard,
             user_agent: concat!("b24gate/", env!("CARGO_PKG_VERSION")).to_owned(),
+            breaker: BreakerConfig::default(),
         }
     }
 }

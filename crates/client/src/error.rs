@@ -74,6 +74,10 @@ pub enum Error {
     Refresh(String),
     #[error("redirect refused: {0}")]
     Redirect(String),
+    /// Too many retries for this portal in a short time: its outbound calls
+    /// pause until `until_ms` (Unix milliseconds).
+    #[error("outbound calls to {portal} are paused after a retry storm (until {until_ms})")]
+    CircuitOpen { portal: String, until_ms: i64 },
     #[error("credential store or rate limiter: {0}")]
     Env(#[from] EnvError),
     #[error("invalid request: {0}")]

@@ -32,8 +32,8 @@ pub use batch::{Batch, BatchOutcome, CommandOutcome, MAX_COMMANDS};
 pub use client::{CallOptions, Client, ClientStats, PortalClient, is_read_method};
 pub use clock::Clock;
 pub use config::{
-    AllowList, ClientConfig, MAX_REQUEST_TIMEOUT, OAuthApp, OperatingConfig, RateConfig,
-    RetryPolicy, Timeouts,
+    AllowList, BreakerConfig, ClientConfig, MAX_REQUEST_TIMEOUT, OAuthApp, OperatingConfig,
+    RateConfig, RetryPolicy, Timeouts,
 };
 pub use env::{
     Bucket, CredentialStore, EnvError, Plan, PortalTarget, RateLimiter, StoredCredentials,

@@ -51,6 +51,22 @@ pub struct Config {
     pub uninstall: UninstallConfig,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `/metrics` settings (docs/metrics.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without the admin token (for a scraper on a private
+    /// network). Off by default.
+    #[serde(default)]
+    pub open: bool,
+    /// Add per-portal families with a `portal` label — only for small
+    /// fleets: the label's cardinality is the number of portals.
+    #[serde(default)]
+    pub portal_label: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,7 +418,9 @@ const NON_CONFIG_VARS: [&str; 6] = [
 ];
 
 /// Scalar and list keys settable from the environment, with their kind.
-const ENV_KEYS: [(&str, EnvKind); 16] = [
+const ENV_KEYS: [(&str, EnvKind); 18] = [
+    ("metrics.open", EnvKind::Bool),
+    ("metrics.portal_label", EnvKind::Bool),
     ("server.listen", EnvKind::Text),
     ("server.public_url", EnvKind::Text),
     ("server.database_url", EnvKind::Text),
@@ -945,6 +963,15 @@ scopes = ["crm", "placement"]
         assert!(!c.domain_allowed("acme.bitrix24.com.evil.io"));
         assert!(c.domain_allowed("127.0.0.1"));
         assert!(c.domain_allowed("a.localhost"));
+    }
+
+    #[test]
+    fn metrics_settings_default_off_and_come_from_file_or_env() {
+        let (c, _) = Config::load(MINIMAL, env(&[])).unwrap();
+        assert!(!c.metrics.open && !c.metrics.portal_label);
+        let text = format!("{MINIMAL}\n[metrics]\nportal_label = true\n");
+        let (c, _) = Config::load(&text, env(&[("B24GATE_METRICS_OPEN", "true")])).unwrap();
+        assert!(c.metrics.open && c.metrics.portal_label);
     }
 
     #[test]

@@ -85,6 +85,16 @@ pub(crate) fn client_failure(e: client::Error) -> JobError {
         | E::NoCredentials(_)
         | E::NeedsReauth(_) => JobError::permanent(e.to_string()),
         E::HostNotAllowed(_) | E::Invalid(_) | E::Config(_) => JobError::permanent(e.to_string()),
+        E::CircuitOpen { until_ms, .. } => JobError::Retry {
+            reason: e.to_string(),
+            after: Some(std::time::Duration::from_millis(
+                (*until_ms
+                    - std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64))
+                .clamp(1_000, 3_600_000) as u64,
+            )),
+        },
         E::OperatingLimit { reset_at, .. } => JobError::Retry {
             reason: e.to_string(),
             after: Some(std::time::Duration::from_secs(

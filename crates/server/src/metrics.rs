@@ -289,6 +289,38 @@ fn render(state: &AppState, snap: &Snapshot) -> String {
         c.operating_limited,
     );
     x.family(
+        "b24gate_rest_calls_total",
+        "counter",
+        "Logical REST calls (a batch chunk counts once) by how they ended: ok, api_error (Bitrix24 error answer), transport_error (connection, timeout, deadline, malformed answer).",
+    );
+    x.sample("b24gate_rest_calls_total", &[("outcome", "ok")], c.ok);
+    x.sample(
+        "b24gate_rest_calls_total",
+        &[("outcome", "api_error")],
+        c.api_errors,
+    );
+    x.sample(
+        "b24gate_rest_calls_total",
+        &[("outcome", "transport_error")],
+        c.transport_errors,
+    );
+    x.family(
+        "b24gate_rest_breaker_trips_total",
+        "counter",
+        "Times a portal's retry-storm breaker opened and paused its outbound calls.",
+    );
+    x.sample("b24gate_rest_breaker_trips_total", &[], c.breaker_trips);
+    x.family(
+        "b24gate_rest_breaker_refusals_total",
+        "counter",
+        "Calls refused without the network while a portal's breaker was open.",
+    );
+    x.sample(
+        "b24gate_rest_breaker_refusals_total",
+        &[],
+        c.breaker_refusals,
+    );
+    x.family(
         "b24gate_rest_retries_total",
         "counter",
         "REST attempts repeated after a retryable failure.",

@@ -22,7 +22,7 @@ owner = "app"
 "#;
 
 /// Every family `docs/metrics.md` documents.
-const FAMILIES: [(&str, &str); 29] = [
+const FAMILIES: [(&str, &str); 32] = [
     ("b24gate_events_received_total", "counter"),
     ("b24gate_ingest_ack_duration_seconds", "histogram"),
     ("b24gate_inbox_depth", "gauge"),
@@ -38,6 +38,9 @@ const FAMILIES: [(&str, &str); 29] = [
     ("b24gate_rest_requests_total", "counter"),
     ("b24gate_rest_limit_errors_total", "counter"),
     ("b24gate_rest_retries_total", "counter"),
+    ("b24gate_rest_calls_total", "counter"),
+    ("b24gate_rest_breaker_trips_total", "counter"),
+    ("b24gate_rest_breaker_refusals_total", "counter"),
     ("b24gate_rest_renames_total", "counter"),
     ("b24gate_oauth_refreshes_total", "counter"),
     ("b24gate_oauth_refresh_failures_total", "counter"),
@@ -322,6 +325,15 @@ async fn metrics_after_a_mixed_run_show_every_family_with_its_value() {
         c.operating_limited as f64
     );
     assert_eq!(value(&m, "b24gate_rest_retries_total"), c.retries as f64);
+    assert_eq!(
+        value(&m, "b24gate_rest_calls_total{outcome=\"ok\"}"),
+        c.ok as f64
+    );
+    assert!(c.ok > 0, "the install and drains made successful calls");
+    assert_eq!(
+        value(&m, "b24gate_rest_breaker_trips_total"),
+        c.breaker_trips as f64
+    );
     assert_eq!(value(&m, "b24gate_rest_renames_total"), c.renames as f64);
     assert_eq!(
         value(&m, "b24gate_oauth_refreshes_total"),

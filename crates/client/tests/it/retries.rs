@@ -182,3 +182,49 @@ async fn a_refused_connection_is_retried_even_for_writes() {
     })
     .await;
 }
+
+/// A retry storm opens the portal's breaker: its calls pause without the
+/// network for the cool-down, the trip is counted once, and calls resume
+/// after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_storm_pauses_the_portal_then_it_recovers() {
+    bounded(async {
+        let f = fixture().await;
+        let mut cfg = f.config();
+        cfg.breaker = client::BreakerConfig {
+            max_retries: 5,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_millis(500),
+        };
+        let client = f.client(cfg);
+        let p = client.portal(&f.member);
+        faults(&f, 1.0, 0.0);
+        // Reads retry 3 times each: the second call passes 5 retries.
+        let _ = p.call("crm.deal.get", json!({"id": 1})).await.unwrap_err();
+        let e = p.call("crm.deal.get", json!({"id": 1})).await.unwrap_err();
+        let stats = client.stats();
+        assert_eq!(stats.breaker_trips, 1, "{e}");
+        let before = f.stat("faults_injected");
+        let e = p.call("crm.deal.get", json!({"id": 1})).await.unwrap_err();
+        assert!(matches!(e, Error::CircuitOpen { .. }), "{e}");
+        assert_eq!(
+            f.stat("faults_injected"),
+            before,
+            "no request while the breaker is open"
+        );
+        // The storming call itself stopped at the trip, and this one never left.
+        assert_eq!(client.stats().breaker_refusals, 2);
+        assert_eq!(
+            client.stats().api_errors,
+            1,
+            "the first call ended with the portal's error"
+        );
+        // After the cool-down, with the portal healthy again, calls go through.
+        faults(&f, 0.0, 0.0);
+        client.clock().advance(Duration::from_millis(600));
+        p.call("scope", json!({})).await.unwrap();
+        assert_eq!(client.stats().breaker_trips, 1, "logged and counted once");
+        assert!(client.stats().ok >= 1);
+    })
+    .await;
+}
