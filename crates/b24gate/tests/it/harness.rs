@@ -83,6 +83,8 @@ pub struct World {
 struct Setup {
     /// The configuration the gateway was last started with.
     last: Mutex<Option<(Arc<Config>, engine::Secrets)>>,
+    /// The text of that configuration, for driving the binary.
+    last_text: Mutex<String>,
     gate_url: String,
     hook_url: String,
     client_id: String,
@@ -135,6 +137,7 @@ url = "{hook_url}"
         ];
         let (config, secrets) = Config::load(&text, env).unwrap();
         *self.last.lock().unwrap() = Some((Arc::new(config.clone()), secrets.clone()));
+        *self.last_text.lock().unwrap() = text.clone();
         Gateway::start(
             Arc::new(config),
             &secrets,
@@ -204,6 +207,7 @@ impl World {
         store.migrate().await.unwrap();
         let setup = Setup {
             last: Mutex::new(None),
+            last_text: Mutex::new(String::new()),
             gate_url,
             hook_url,
             client_id: app.client_id.clone(),
@@ -221,6 +225,36 @@ impl World {
             setup,
             _dir: dir,
         }
+    }
+
+    /// Runs the `b24gate` binary against this world's configuration and
+    /// database; returns (exit code, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let cfg = self._dir.path().join("b24gate.toml");
+        std::fs::write(&cfg, &*self.setup.last_text.lock().unwrap()).unwrap();
+        let db = format!("sqlite://{}", self._dir.path().join("gate.db").display());
+        let mut all = vec!["-c".to_owned(), cfg.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_b24gate"));
+            for (k, _) in std::env::vars() {
+                if k.starts_with("B24GATE_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.args(&all)
+                .env("B24GATE_SERVER_DATABASE_URL", db)
+                .env("B24GATE_MASTER_KEY", "42".repeat(32))
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The operations commands over this world's gateway configuration.

@@ -83,3 +83,122 @@ fn binding_matrix_document_matches_the_example_manifest() {
         "docs/binding-matrix.md is stale; regenerate it:\n{table}"
     );
 }
+
+/// The operations commands of the binary against a live gateway's database:
+/// listings in JSON, replay, and the job commands' refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_commands_list_replay_and_refuse_with_exit_codes() {
+    let w = World::start(MANIFEST, false).await;
+    let p = w.portal("acme", &[]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+
+    let (code, out, err) = w.cli(&["portals", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let portals = json(&out);
+    assert_eq!(portals[0]["member_id"], p.member_id.as_str());
+    assert_eq!(portals[0]["status"], "installed");
+
+    let (code, out, err) = w
+        .cli(&["bindings", "--portal", &p.member_id, "--json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let rows = json(&out);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "ONCRMDEALADD")
+        .unwrap();
+    assert_eq!(
+        (
+            row["expected"].as_bool(),
+            row["actual"].as_bool(),
+            row["status"].as_str()
+        ),
+        (Some(true), Some(true), Some("bound"))
+    );
+    let (code, md, _) = w.cli(&["bindings", "--markdown"]).await;
+    assert_eq!(code, 0);
+    assert!(md.starts_with("| portal | event |"), "{md}");
+
+    let (code, out, _) = w
+        .cli(&["audit", "--portal", &p.member_id, "--since", "1h", "--json"])
+        .await;
+    assert_eq!(code, 0);
+    assert!(
+        json(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "install.completed")
+    );
+
+    let (code, out, _) = w
+        .cli(&["jobs", "list", "--state", "completed", "--json"])
+        .await;
+    assert_eq!(code, 0);
+    let done = json(&out);
+    assert!(!done.as_array().unwrap().is_empty());
+    let id = done[0]["id"].as_i64().unwrap().to_string();
+    let (code, _, err) = w.cli(&["jobs", "retry", &id]).await;
+    assert_eq!(code, 1, "a completed job is not replayed: {err}");
+    assert!(err.contains("not dead-lettered"), "{err}");
+
+    w.emu
+        .changes(
+            &p.member_id,
+            b24emu::ChangeSpec {
+                entity: "deal".into(),
+                action: "add".into(),
+                count: 2,
+                user_id: 1,
+                id: None,
+                client_id: None,
+                auth_connector: String::new(),
+                fields: Default::default(),
+            },
+        )
+        .unwrap();
+    let r = w.receiver.clone();
+    w.until("2 events", std::time::Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { r.of("ONCRMDEALADD").len() == 2 }
+    })
+    .await;
+    let (code, out, err) = w
+        .cli(&[
+            "events",
+            "replay",
+            "--portal",
+            &p.member_id,
+            "--since",
+            "1h",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["forwards_queued"], 2);
+    // The running gateway delivers the replay with the same webhook-ids: the
+    // app sees the same two events again.
+    let before = w
+        .receiver
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let r = w.receiver.clone();
+    w.until("the replay", std::time::Duration::from_secs(30), || {
+        let r = r.clone();
+        async move { r.requests.load(std::sync::atomic::Ordering::SeqCst) >= before + 2 }
+    })
+    .await;
+    assert_eq!(
+        w.receiver.of("ONCRMDEALADD").len(),
+        2,
+        "same ids: deduplicated by the app"
+    );
+
+    let (code, _, err) = w.cli(&["portals", "--portal-typo"]).await;
+    assert_eq!(code, 2, "{err}");
+    w.shutdown().await;
+}
