@@ -123,6 +123,16 @@ async fn operations_commands_list_replay_and_refuse_with_exit_codes() {
     assert_eq!(code, 0);
     assert!(md.starts_with("| portal | event |"), "{md}");
 
+    // Nothing missing: a dry-run reconcile plans no call and changes nothing.
+    let (code, out, err) = w
+        .cli(&["reconcile", "--portal", &p.member_id, "--dry-run", "--json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let plan = json(&out);
+    assert_eq!(plan[0]["ok"], true, "{plan}");
+    assert_eq!(plan[0]["plan"]["plan"], serde_json::json!([]), "{plan}");
+    let (code, _, err) = w.cli(&["reconcile"]).await;
+    assert_eq!(code, 1, "neither --portal nor --all: {err}");
     let (code, out, _) = w
         .cli(&["audit", "--portal", &p.member_id, "--since", "1h", "--json"])
         .await;
@@ -167,6 +177,11 @@ async fn operations_commands_list_replay_and_refuse_with_exit_codes() {
         async move { r.of("ONCRMDEALADD").len() == 2 }
     })
     .await;
+    // Counted before the replay: the running gateway may deliver it at once.
+    let before = w
+        .receiver
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
     let (code, out, err) = w
         .cli(&[
             "events",
@@ -182,10 +197,6 @@ async fn operations_commands_list_replay_and_refuse_with_exit_codes() {
     assert_eq!(json(&out)["forwards_queued"], 2);
     // The running gateway delivers the replay with the same webhook-ids: the
     // app sees the same two events again.
-    let before = w
-        .receiver
-        .requests
-        .load(std::sync::atomic::Ordering::SeqCst);
     let r = w.receiver.clone();
     w.until("the replay", std::time::Duration::from_secs(30), || {
         let r = r.clone();
