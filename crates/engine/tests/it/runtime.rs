@@ -236,3 +236,147 @@ async fn uninstall_applies_the_clean_policy_and_keeps_the_audit_log() {
         .unwrap();
     assert_eq!(repeats.len(), 1);
 }
+
+/// Library use: an in-process handler receives the same events the targets
+/// do, and a failing handler is retried like a failing target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_handler_receives_every_event_and_is_retried() {
+    use std::sync::Mutex;
+    struct Collect {
+        seen: Arc<Mutex<Vec<serde_json::Value>>>,
+        fail_first: std::sync::atomic::AtomicBool,
+    }
+    impl engine::forward::EventHandler for Collect {
+        fn handle<'a>(
+            &'a self,
+            event: &'a serde_json::Value,
+        ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                if self.fail_first.swap(false, Ordering::SeqCst) {
+                    return Err("the app's code failed once".into());
+                }
+                self.seen.lock().unwrap().push(event.clone());
+                Ok(())
+            })
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let (rx, url) = Receiver::start(0).await;
+    let cfg = Arc::new(config(&url));
+    install(&store, &member(1), "apptoken").await;
+    for i in 0..10 {
+        ingest(
+            &store,
+            &member(1),
+            "ONCRMDEALADD",
+            &format!("k{i}"),
+            json!({"FIELDS": {"ID": i.to_string()}}),
+        )
+        .await;
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler = Arc::new(Collect {
+        seen: seen.clone(),
+        fail_first: std::sync::atomic::AtomicBool::new(true),
+    });
+    let e = Engine::new(
+        cfg,
+        &secrets(),
+        store.clone(),
+        engine::system_now(),
+        fast_opts(),
+    )
+    .unwrap()
+    .with_event_handler(handler)
+    .start();
+    rx.wait_for(10, Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handler saw {}",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.shutdown().await;
+    let seen = seen.lock().unwrap();
+    let ids: std::collections::BTreeSet<_> = seen
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 10, "every event once, the failed one retried");
+    let from_target: std::collections::BTreeSet<_> =
+        rx.accepted.lock().unwrap().keys().cloned().collect();
+    assert_eq!(
+        ids, from_target,
+        "the same events, with the same ids, as the target"
+    );
+}
+
+/// A target answering 503 with `Retry-After: 120` is not retried sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_from_the_target_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "120")],
+                "busy",
+            )
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let cfg = Arc::new(config(&url));
+    install(&store, &member(1), "apptoken").await;
+    ingest(
+        &store,
+        &member(1),
+        "ONCRMDEALADD",
+        "k1",
+        json!({"FIELDS": {"ID": "1"}}),
+    )
+    .await;
+    let started = engine::system_now()();
+    let e = Engine::new(
+        cfg,
+        &secrets(),
+        store.clone(),
+        engine::system_now(),
+        fast_opts(),
+    )
+    .unwrap()
+    .start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let jobs = store
+            .list_jobs(&store::JobFilter {
+                state: Some("retryable"),
+                kind: Some("forward"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(j) = jobs.into_iter().next() {
+            break j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retryable forward"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    e.shutdown().await;
+    assert!(
+        job.run_at >= started + 119_000,
+        "retried after {} ms",
+        job.run_at - started
+    );
+    assert!(job.last_error.unwrap().contains("503"));
+}
