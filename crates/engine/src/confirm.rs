@@ -94,25 +94,13 @@ fn retry(e: impl std::fmt::Display) -> JobError {
 
 impl Confirmer {
     async fn decide(&self, job: &Job) -> Result<(), JobError> {
-        let Some(inbox_id) = job.payload_json()["inbox_id"].as_i64() else {
-            return Err(JobError::permanent("method_confirm job without inbox_id"));
-        };
-        let row = self
-            .store
-            .get_inbox(inbox_id)
-            .await
-            .map_err(retry)?
-            .ok_or_else(|| JobError::permanent("event no longer in the inbox"))?;
+        let row = crate::lifecycle::job_inbox_row(&self.store, job).await?;
+        let inbox_id = row.id;
         if row.state != "dispatched" {
             return Ok(());
         }
         let p = row.payload_json();
-        let secrets: Value = self
-            .store
-            .inbox_secrets(&row)
-            .map_err(retry)?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null);
+        let secrets = crate::lifecycle::row_secrets(&self.store, &row)?;
         let token = secrets["method_token"]
             .as_str()
             .and_then(|t| AccessToken::parse(t).ok());

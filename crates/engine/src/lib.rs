@@ -411,20 +411,17 @@ pub async fn drift_check(store: &store::Store, config: &Config, now: i64) -> sto
         let payload = serde_json::json!({"member_id": m, "reason": "version drift"});
         let unique = format!("reconcile:{m}");
         let serial = format!("portal:{m}");
-        let job = store::NewJob {
-            kind: dispatch::kinds::RECONCILE,
-            member_id: Some(m),
-            serial_key: Some(&serial),
-            unique_key: Some(&unique),
-            calls_portal: true,
-            payload: &payload,
-            max_attempts: retry::RetrySchedule::lifecycle().max_attempts(),
-            run_at: now,
-        };
-        if matches!(
-            store.enqueue_job(&job, now).await?,
-            store::Enqueued::Created(_)
-        ) {
+        if enqueue_lifecycle(
+            store,
+            dispatch::kinds::RECONCILE,
+            m,
+            &serial,
+            &unique,
+            &payload,
+            now,
+        )
+        .await?
+        {
             n += 1;
         }
     }
@@ -452,22 +449,46 @@ pub async fn schedule_drains(store: &store::Store, now: i64) -> store::Result<us
         }
         let payload = serde_json::json!({"member_id": m});
         let key = format!("drain:{m}");
-        let job = store::NewJob {
-            kind: dispatch::kinds::OFFLINE_DRAIN,
-            member_id: Some(m),
-            serial_key: Some(&key),
-            unique_key: Some(&key),
-            calls_portal: true,
-            payload: &payload,
-            max_attempts: retry::RetrySchedule::lifecycle().max_attempts(),
-            run_at: now,
-        };
-        if matches!(
-            store.enqueue_job(&job, now).await?,
-            store::Enqueued::Created(_)
-        ) {
+        if enqueue_lifecycle(
+            store,
+            dispatch::kinds::OFFLINE_DRAIN,
+            m,
+            &key,
+            &key,
+            &payload,
+            now,
+        )
+        .await?
+        {
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// Enqueues a lifecycle job of a portal (it calls the portal, serialised by
+/// `serial`, one live job per `unique`); true if it was not queued already.
+async fn enqueue_lifecycle(
+    store: &store::Store,
+    kind: &str,
+    member_id: &str,
+    serial: &str,
+    unique: &str,
+    payload: &serde_json::Value,
+    now: i64,
+) -> store::Result<bool> {
+    let job = store::NewJob {
+        kind,
+        member_id: Some(member_id),
+        serial_key: Some(serial),
+        unique_key: Some(unique),
+        calls_portal: true,
+        payload,
+        max_attempts: retry::RetrySchedule::lifecycle().max_attempts(),
+        run_at: now,
+    };
+    Ok(matches!(
+        store.enqueue_job(&job, now).await?,
+        store::Enqueued::Created(_)
+    ))
 }

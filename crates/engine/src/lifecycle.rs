@@ -21,7 +21,7 @@ use std::sync::Arc;
 use client::{Batch, CommandOutcome};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
-use store::{Job, MigrationState, PortalStatus, Store, TokenSet, VerifiedInstall};
+use store::{InboxEvent, Job, MigrationState, PortalStatus, Store, TokenSet, VerifiedInstall};
 use wire::{AccessToken, ApplicationToken, MemberId, PortalDomain, RefreshToken};
 
 use crate::NowFn;
@@ -109,6 +109,30 @@ pub(crate) fn client_failure(e: client::Error) -> JobError {
     }
 }
 
+/// The inbox row a lifecycle job is about (`{"inbox_id": …}` in its payload).
+pub(crate) async fn job_inbox_row(store: &Store, job: &Job) -> Result<InboxEvent, JobError> {
+    let Some(inbox_id) = job.payload_json()["inbox_id"].as_i64() else {
+        return Err(JobError::permanent(format!(
+            "{} job without inbox_id",
+            job.kind
+        )));
+    };
+    store
+        .get_inbox(inbox_id)
+        .await
+        .map_err(retry)?
+        .ok_or_else(|| JobError::permanent(format!("{} event no longer in the inbox", job.kind)))
+}
+
+/// The row's sealed secrets as JSON (`null` when it carries none).
+pub(crate) fn row_secrets(store: &Store, row: &InboxEvent) -> Result<Value, JobError> {
+    Ok(store
+        .inbox_secrets(row)
+        .map_err(retry)?
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null))
+}
+
 fn host_of(url: &str) -> Option<(String, String)> {
     let u = url::Url::parse(url).ok()?;
     Some((u.scheme().to_owned(), u.host_str()?.to_ascii_lowercase()))
@@ -193,25 +217,13 @@ impl Lifecycle {
 
     /// The install job: verify, record, bring up.
     pub async fn install(&self, job: &Job) -> Result<(), JobError> {
-        let Some(inbox_id) = job.payload_json()["inbox_id"].as_i64() else {
-            return Err(JobError::permanent("install job without inbox_id"));
-        };
-        let row = self
-            .store
-            .get_inbox(inbox_id)
-            .await
-            .map_err(retry)?
-            .ok_or_else(|| JobError::permanent("install event no longer in the inbox"))?;
+        let row = job_inbox_row(&self.store, job).await?;
+        let inbox_id = row.id;
         if row.state == "processed" || row.state == "rejected" {
             return Ok(());
         }
         let p = row.payload_json();
-        let secrets: Value = self
-            .store
-            .inbox_secrets(&row)
-            .map_err(retry)?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null);
+        let secrets = row_secrets(&self.store, &row)?;
         let installer = row.event == INSTALLER_POST;
         let (domain, claimed_endpoint) = if installer {
             (p["domain"].as_str(), p["client_endpoint"].as_str())
@@ -362,26 +374,14 @@ impl Lifecycle {
     /// `ONAPPUPDATE` (or a version bump without it): new tokens if the event
     /// carried them, then bring-up.
     pub async fn update(&self, job: &Job) -> Result<(), JobError> {
-        let Some(inbox_id) = job.payload_json()["inbox_id"].as_i64() else {
-            return Err(JobError::permanent("update job without inbox_id"));
-        };
-        let row = self
-            .store
-            .get_inbox(inbox_id)
-            .await
-            .map_err(retry)?
-            .ok_or_else(|| JobError::permanent("update event no longer in the inbox"))?;
+        let row = job_inbox_row(&self.store, job).await?;
+        let inbox_id = row.id;
         if row.state == "processed" || row.state == "rejected" {
             return Ok(());
         }
         let member_id =
             MemberId::parse(&row.member_id).map_err(|e| JobError::permanent(e.to_string()))?;
-        let secrets: Value = self
-            .store
-            .inbox_secrets(&row)
-            .map_err(retry)?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null);
+        let secrets = row_secrets(&self.store, &row)?;
         let now = (self.now)();
         if let (Some(a), Some(r)) = (
             secrets["access_token"]

@@ -20,16 +20,9 @@ pub struct Uninstaller {
 
 impl Uninstaller {
     async fn uninstall(&self, job: &Job) -> Result<(), JobError> {
-        let Some(inbox_id) = job.payload_json()["inbox_id"].as_i64() else {
-            return Err(JobError::permanent("uninstall job without inbox_id"));
-        };
         let retry = |e: store::StoreError| JobError::retry(e.to_string());
-        let row = self
-            .store
-            .get_inbox(inbox_id)
-            .await
-            .map_err(retry)?
-            .ok_or_else(|| JobError::permanent("event no longer in the inbox"))?;
+        let row = crate::lifecycle::job_inbox_row(&self.store, job).await?;
+        let inbox_id = row.id;
         let clean = matches!(
             row.payload_json()["data"]["CLEAN"].as_str(),
             Some("1" | "Y" | "y" | "true")
