@@ -233,23 +233,33 @@ impl Worker {
         };
         let lease_ms = self.lease.as_millis() as i64;
         // Heartbeat while the handler runs, so a slow REST call does not
-        // lose the lease to the rescuer. The heartbeat is part of this
-        // future, not a task of its own: when the worker stops (or is
-        // aborted), the heartbeat stops with it and the lease can run out.
+        // lose the lease to the rescuer. The heartbeat is a future polled
+        // side by side with the work, never a `select!` arm body: a body
+        // awaiting the store would stop polling the work, and work that
+        // holds SQLite's one writer connection mid-transaction would then
+        // never hand it back to the heartbeat waiting for it (a deadlock
+        // broken only by the pool's acquire timeout, again and again). Being
+        // part of this future, the heartbeat stops when the worker stops or
+        // is aborted, and the lease can run out.
         let work = handler.run(&job);
-        tokio::pin!(work);
-        let mut beat = tokio::time::interval(self.lease / 3);
-        beat.tick().await;
-        let result = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = beat.tick() => {
-                    let renewed = self.store.heartbeat_job(job.id, &self.id, lease_ms, (self.now)()).await;
-                    if !matches!(renewed, Ok(true)) {
-                        tracing::debug!(job = job.id, "lease lost while running");
-                    }
+        let heartbeat = async {
+            let mut beat = tokio::time::interval(self.lease / 3);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            beat.tick().await;
+            loop {
+                beat.tick().await;
+                let renewed = self
+                    .store
+                    .heartbeat_job(job.id, &self.id, lease_ms, (self.now)())
+                    .await;
+                if !matches!(renewed, Ok(true)) {
+                    tracing::debug!(job = job.id, "lease lost while running");
                 }
             }
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = heartbeat => unreachable!("the heartbeat loop never ends"),
         };
         let now = (self.now)();
         let outcome = match result {
