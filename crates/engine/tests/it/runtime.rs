@@ -380,3 +380,85 @@ async fn retry_after_from_the_target_is_honoured() {
     );
     assert!(job.last_error.unwrap().contains("503"));
 }
+
+/// A job that writes to the store over and over while its heartbeat keeps
+/// firing finishes: the heartbeat waiting for SQLite's one writer connection
+/// must not stop the job, which may be holding that connection, from being
+/// polled. (With the heartbeat awaited in a `select!` arm body each meeting
+/// cost the pool's 30 s acquire timeout, and drains stalled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_heavy_job_is_not_stalled_by_its_own_heartbeat() {
+    use engine::runner::{Handlers, JobError, JobHandler};
+    use futures::future::BoxFuture;
+
+    struct Writer(store::Store, engine::NowFn);
+    impl JobHandler for Writer {
+        fn run<'a>(&'a self, job: &'a store::Job) -> BoxFuture<'a, Result<(), JobError>> {
+            Box::pin(async move {
+                for i in 0..400 {
+                    let entry = store::NewAudit {
+                        member_id: None,
+                        actor: "test",
+                        action: "test.write",
+                        outcome: "ok",
+                        detail: json!({"job": job.id, "i": i}),
+                    };
+                    self.0
+                        .append_audit(&entry, (self.1)())
+                        .await
+                        .map_err(|e| JobError::Permanent(e.to_string()))?;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    let now = engine::system_now();
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let mut handlers = Handlers::default();
+    handlers.insert("write", Arc::new(Writer(store.clone(), now.clone())));
+    let opts = RunnerOptions {
+        workers: 2,
+        // Heartbeats every 10 ms: hundreds of them meet the job's writes.
+        lease: Duration::from_millis(30),
+        poll: Duration::from_millis(10),
+        ..RunnerOptions::default()
+    };
+    let pool = engine::runner::start(store.clone(), handlers, engine::system_now(), opts);
+    let payload = json!({});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let job = store::NewJob {
+            kind: "write",
+            member_id: None,
+            serial_key: None,
+            unique_key: None,
+            calls_portal: false,
+            payload: &payload,
+            max_attempts: 1,
+            run_at: now(),
+        };
+        ids.push(store.enqueue_job(&job, now()).await.unwrap().id());
+    }
+    pool.waker().notify_waiters();
+    // Well inside one acquire timeout (30 s): a single stall fails the test.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let mut done = 0;
+        for id in &ids {
+            let j = store.get_job(*id).await.unwrap().unwrap();
+            assert_ne!(j.state, "discarded", "job failed: {:?}", j.last_error);
+            done += usize::from(j.state == "completed");
+        }
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the jobs stalled behind their heartbeats"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.shutdown().await;
+}
