@@ -158,7 +158,6 @@ fn engine_options() -> EngineOptions {
     o.runner.poll = Duration::from_millis(20);
     o.dispatch_every = Duration::from_millis(20);
     o.housekeeping_every = Duration::from_millis(200);
-    o.drain_every = Duration::from_secs(2);
     o.forward_schedule =
         engine::retry::RetrySchedule::new(vec![Duration::from_millis(200); 10], 0.2);
     o
@@ -183,6 +182,8 @@ scopes = ["crm", "placement", "user_brief", "telephony"]
 oauth_url = "{oauth}"
 allowed_domains = ["127.0.0.1", "*.localhost"]
 installer = {installer}
+[offline]
+drain_every = "2s"
 [[target]]
 name = "app"
 url = "{hook}"

@@ -52,7 +52,44 @@ pub struct Config {
     #[serde(default)]
     pub reconcile: ReconcileConfig,
     #[serde(default)]
+    pub offline: OfflineConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
+}
+
+/// `[offline]`: how offline queues are drained (docs/configuration.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineConfig {
+    /// Drain portals without `rest_offline_extended` with `clear=1`, which
+    /// deletes rows as it reads them (a crash loses that batch). Off: such
+    /// portals' offline bindings are recorded unsatisfiable, with the reason.
+    #[serde(default)]
+    pub allow_lossy_clear: bool,
+    /// Rows per `event.offline.get` (the portal's own default is 50).
+    #[serde(default = "default_offline_batch")]
+    pub batch: u32,
+    /// How often every portal with offline bindings is drained even without
+    /// an `ONOFFLINEEVENT` (an online event, which may be lost).
+    #[serde(default = "default_drain_every", with = "duration_text")]
+    pub drain_every: Duration,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        Self {
+            allow_lossy_clear: false,
+            batch: default_offline_batch(),
+            drain_every: default_drain_every(),
+        }
+    }
+}
+
+fn default_offline_batch() -> u32 {
+    50
+}
+fn default_drain_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `/metrics` settings (docs/metrics.md).
@@ -348,23 +385,23 @@ fn default_drift_interval() -> Duration {
     Duration::from_secs(6 * 3600)
 }
 
-/// Parses `90s`, `15m`, `1h`, `30d` (a bare number is seconds).
+/// Parses `500ms`, `90s`, `15m`, `1h`, `30d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    let bad = || format!("`{s}` is not a duration like 500ms, 90s, 15m, 1h or 30d");
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 1h or 30d"))?;
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{s}` is not a duration like 90s, 15m, 1h or 30d")),
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult_ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
     };
-    n.checked_mul(mult)
-        .map(Duration::from_secs)
+    n.checked_mul(mult_ms)
+        .map(Duration::from_millis)
         .ok_or_else(|| format!("`{s}` is too long"))
 }
 
@@ -577,6 +614,12 @@ impl Config {
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(err("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if !(1..=1000).contains(&self.offline.batch) {
+            return Err(err("offline.batch", "must be between 1 and 1000"));
+        }
+        if self.offline.drain_every < Duration::from_millis(100) {
+            return Err(err("offline.drain_every", "must be at least 100ms"));
         }
         let id = &self.app.client_id;
         let well_formed = (id.starts_with("local.") || id.starts_with("app."))
@@ -976,6 +1019,7 @@ scopes = ["crm", "placement"]
 
     #[test]
     fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(

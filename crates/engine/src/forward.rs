@@ -33,7 +33,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// The JSON every target receives (and the in-process handler).
 pub fn event_json(row: &InboxEvent, domain: Option<&str>) -> Value {
     let p = row.payload_json();
-    json!({
+    let mut out = json!({
         "id": webhook_id(row.id),
         "event": row.event,
         "portal": {"member_id": row.member_id, "domain": domain.or_else(|| p["auth"]["domain"].as_str())},
@@ -41,7 +41,18 @@ pub fn event_json(row: &InboxEvent, domain: Option<&str>) -> Value {
         "ts": row.ts,
         "received_at": row.received_at,
         "source": row.source,
-    })
+    });
+    if row.source == "offline" {
+        // Which queue partition (`auth_connector`) and row it came from:
+        // an app with several connectors tells its own changes apart.
+        out["offline"] = json!({
+            "connector": p["connector"],
+            "message_id": p["message_id"],
+            "offline_id": p["offline_id"],
+            "timestamp": p["timestamp"],
+        });
+    }
+    out
 }
 
 /// Stable per event across retries and targets.

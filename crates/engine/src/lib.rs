@@ -100,15 +100,8 @@ pub struct EngineOptions {
     /// The REST client's configuration; `None` derives it from the manifest
     /// ([`client_config`]). Tests shrink limits here.
     pub client: Option<client::ClientConfig>,
-    /// Reconciler settings beyond the manifest.
-    pub reconcile: reconcile::ReconcileOptions,
     /// The clock the REST client waits on.
     pub clock: client::Clock,
-    /// Offline drain settings.
-    pub drain: offline::DrainOptions,
-    /// How often every portal with offline bindings is drained even without
-    /// an `ONOFFLINEEVENT` (which may be lost: it is an online event).
-    pub drain_every: Duration,
 }
 
 impl Default for EngineOptions {
@@ -121,10 +114,7 @@ impl Default for EngineOptions {
             housekeeping_every: Duration::from_secs(30),
             keep_completed: Duration::from_secs(24 * 3600),
             client: None,
-            reconcile: reconcile::ReconcileOptions::default(),
             clock: client::Clock::system(),
-            drain: offline::DrainOptions::default(),
-            drain_every: Duration::from_secs(60),
         }
     }
 }
@@ -184,7 +174,9 @@ impl Engine {
             client: client.clone(),
             config: config.clone(),
             now: now.clone(),
-            reconcile: opts.reconcile.clone(),
+            reconcile: reconcile::ReconcileOptions {
+                allow_lossy_offline: config.offline.allow_lossy_clear,
+            },
         });
         let mut handlers = runner::Handlers::default();
         for kind in [
@@ -207,7 +199,10 @@ impl Engine {
                 client: client.clone(),
                 config: config.clone(),
                 now: now.clone(),
-                opts: opts.drain.clone(),
+                opts: offline::DrainOptions {
+                    batch: config.offline.batch,
+                    allow_lossy: config.offline.allow_lossy_clear,
+                },
             }),
         );
         handlers.insert(
@@ -379,7 +374,7 @@ async fn housekeeping(
         if let Err(e) = drift_check(&store, &config, t).await {
             tracing::warn!(error = %e, "drift check failed");
         }
-        let every = opts.drain_every.as_millis() as i64;
+        let every = config.offline.drain_every.as_millis() as i64;
         if t.saturating_sub(last_drain) >= every && !offline::connectors(&config).is_empty() {
             last_drain = t;
             if let Err(e) = schedule_drains(&store, t).await {

@@ -85,6 +85,20 @@ pub fn connectors(config: &Config) -> BTreeSet<String> {
         .collect()
 }
 
+/// `event.offline.clear`/`event.offline.error` parameters. The portal reads
+/// the connector from the call's auth data for every `event.offline.*`
+/// method, so a partition's clear carries its `auth_connector` too.
+fn mark_params(connector: &str, process_id: &str, message_ids: Option<&[String]>) -> Value {
+    let mut p = json!({"process_id": process_id});
+    if let Some(ids) = message_ids {
+        p["message_id"] = json!(ids);
+    }
+    if !connector.is_empty() {
+        p["auth_connector"] = json!(connector);
+    }
+    p
+}
+
 fn get_params(limit: u32, connector: &str, process_id: Option<&str>, clear: bool) -> Value {
     let mut p = json!({"clear": if clear { 1 } else { 0 }, "limit": limit});
     if let Some(pid) = process_id {
@@ -238,20 +252,20 @@ impl Drainer {
                 b.push(
                     "error",
                     "event.offline.error",
-                    json!({"process_id": current, "message_id": bad}),
+                    mark_params(connector, &current, Some(&bad)),
                 );
             }
             if !stored.is_empty() {
                 b.push(
                     "clear",
                     "event.offline.clear",
-                    json!({"process_id": current, "message_id": stored}),
+                    mark_params(connector, &current, Some(&stored)),
                 );
             } else {
                 b.push(
                     "clear",
                     "event.offline.clear",
-                    json!({"process_id": current}),
+                    mark_params(connector, &current, None),
                 );
             }
             b.push(
@@ -345,13 +359,13 @@ impl Drainer {
                 b.push(
                     "error",
                     "event.offline.error",
-                    json!({"process_id": p, "message_id": bad}),
+                    mark_params(connector, &p, Some(&bad)),
                 );
             }
             b.push(
                 "clear",
                 "event.offline.clear",
-                json!({"process_id": p, "message_id": stored}),
+                mark_params(connector, &p, Some(&stored)),
             );
             let out = portal
                 .batch(&b)

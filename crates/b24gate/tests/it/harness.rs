@@ -113,11 +113,18 @@ scopes = ["crm", "placement", "user_brief"]
 oauth_url = "{oauth}"
 allowed_domains = ["127.0.0.1", "*.localhost"]
 installer = {installer}
+{offline}
 [[target]]
 name = "app"
 url = "{hook_url}"
 {manifest}
 "#,
+            // A quick drain timer unless the test's manifest sets its own.
+            offline = if manifest.contains("[offline]") {
+                ""
+            } else {
+                "[offline]\ndrain_every = \"500ms\""
+            },
             gate_url = self.gate_url,
             client_id = self.client_id,
             oauth = self.oauth,
@@ -159,7 +166,6 @@ pub fn fast_engine() -> EngineOptions {
     o.runner.lease = Duration::from_secs(5);
     o.dispatch_every = Duration::from_millis(20);
     o.housekeeping_every = Duration::from_millis(100);
-    o.drain_every = Duration::from_millis(500);
     o.forward_schedule =
         engine::retry::RetrySchedule::new(vec![Duration::from_millis(50); 10], 0.2);
     o
@@ -376,4 +382,17 @@ impl World {
         }
         self.emu.shutdown().await;
     }
+}
+
+/// A random generator for crash points and the like: seeded from
+/// `B24GATE_TEST_SEED` when set, otherwise at random; the seed is printed so
+/// a failing run can be repeated.
+pub fn seeded(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("B24GATE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: B24GATE_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
 }

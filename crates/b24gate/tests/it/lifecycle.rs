@@ -628,3 +628,176 @@ async fn version_drift_alone_reconciles_and_runs_each_migration_once() {
     assert_eq!(applied.len(), 1, "each migration exactly once");
     w.shutdown().await;
 }
+
+const CONNECTORS: &str = r#"
+[[binding]]
+event = "ONCRMDEALUPDATE"
+mode = "offline"
+owner = "app"
+[[binding]]
+event = "ONCRMDEALUPDATE"
+mode = "offline"
+owner = "app"
+auth_connector = "crm_sync"
+"#;
+
+/// Forwarded offline events of one connector partition.
+fn of_connector(w: &World, connector: &str) -> Vec<serde_json::Value> {
+    w.receiver
+        .of("ONCRMDEALUPDATE")
+        .into_iter()
+        .filter(|e| e["offline"]["connector"] == connector)
+        .collect()
+}
+
+/// Two offline bindings of one event, the default partition and
+/// `auth_connector = "crm_sync"`: each partition is reserved, stored and
+/// cleared on its own; a change the app made through `crm_sync` reaches
+/// only the other partition (self-suppression), and every forwarded event
+/// says which partition it came from.
+#[tokio::test]
+async fn offline_partitions_by_auth_connector_are_drained_apart() {
+    let w = World::start(CONNECTORS, false).await;
+    let p = w.portal("acme", &["rest_offline_extended", "rest_auth_connector"]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    let matrix = w.store.binding_matrix(Some(&p.member_id)).await.unwrap();
+    for c in ["", "crm_sync"] {
+        assert!(
+            matrix.iter().any(|r| r.record.key.name == "ONCRMDEALUPDATE"
+                && r.record.key.connector == c
+                && r.record.state == "bound"),
+            "offline binding with connector `{c}` bound: {:?}",
+            matrix
+                .iter()
+                .map(|r| (&r.record.key, &r.record.state))
+                .collect::<Vec<_>>()
+        );
+    }
+    w.emu.changes(&p.member_id, deal_added(30, 1)).unwrap();
+    // A user's change: queued in both partitions.
+    w.emu.changes(&p.member_id, deals_updated(30, 1)).unwrap();
+    let rw = &w;
+    rw.until("30 updates in each partition", Duration::from_secs(60), || async move {
+        of_connector(rw, "").len() == 30 && of_connector(rw, "crm_sync").len() == 30
+    })
+    .await;
+    // The app's own sync writes through `crm_sync`: not queued there.
+    let own = ChangeSpec {
+        client_id: Some(w.client_id.clone()),
+        auth_connector: "crm_sync".into(),
+        ..deals_updated(10, 1)
+    };
+    w.emu.changes(&p.member_id, own).unwrap();
+    rw.until(
+        "10 more in the default partition",
+        Duration::from_secs(60),
+        || async move { of_connector(rw, "").len() == 40 },
+    )
+    .await;
+    let store = w.store.clone();
+    let m = p.member_id.clone();
+    w.until("both drains to settle", Duration::from_secs(30), || {
+        let (store, m) = (store.clone(), m.clone());
+        async move {
+            for c in ["", "crm_sync"] {
+                match store.drain_state(&m, c).await.unwrap() {
+                    Some(d) if d.process_id.is_none() && !d.reserving => {}
+                    _ => return false,
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert_eq!(
+        of_connector(&w, "crm_sync").len(),
+        30,
+        "own changes suppressed"
+    );
+    let total: i64 = {
+        let mut t = 0;
+        for c in ["", "crm_sync"] {
+            t += w
+                .store
+                .drain_state(&p.member_id, c)
+                .await
+                .unwrap()
+                .unwrap()
+                .drained_total;
+        }
+        t
+    };
+    assert_eq!(total, 70);
+    for e in w.receiver.of("ONCRMDEALUPDATE") {
+        assert_eq!(e["source"], "offline");
+        let mid = e["offline"]["message_id"].as_str().unwrap();
+        assert_eq!(mid.len(), 32, "MESSAGE_ID forwarded: {e}");
+    }
+    let q = offline_queue(&w, &p.member_id);
+    assert_eq!(q["size"], 0, "every partition ends empty: {q}");
+    w.shutdown().await;
+}
+
+/// Without `rest_offline_extended` there is no safe reservation: by default
+/// the offline binding is recorded unsatisfiable, with the reason, and not
+/// bound; with `[offline] allow_lossy_clear = true` it is bound and drained
+/// with `clear=1`.
+#[tokio::test]
+async fn lossy_clear_runs_only_when_the_operator_opted_in() {
+    let w = World::start(MANIFEST, false).await;
+    let p = w.portal("plain", &[]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    let matrix = w.store.binding_matrix(Some(&p.member_id)).await.unwrap();
+    let row = matrix
+        .iter()
+        .find(|r| r.record.key.name == "ONCRMDEALUPDATE")
+        .expect("the offline binding is in the matrix");
+    assert_eq!(row.record.state, "unsatisfiable");
+    assert!(
+        row.record
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("rest_offline_extended")),
+        "the reason names the feature: {:?}",
+        row.record.reason
+    );
+    let st = w.emu.portal_state(&p.member_id).unwrap();
+    assert!(
+        !st["apps"][0]["bindings"]["offline"]
+            .to_string()
+            .contains("ONCRMDEALUPDATE"),
+        "not bound on the portal: {}",
+        st["apps"][0]["bindings"]["offline"]
+    );
+    w.shutdown().await;
+
+    let lossy =
+        format!("{MANIFEST}\n[offline]\nallow_lossy_clear = true\ndrain_every = \"500ms\"\n");
+    let w = World::start(&lossy, false).await;
+    let p = w.portal("plain", &[]);
+    w.install(&p.member_id);
+    w.wait_status(&p.member_id, PortalStatus::Installed).await;
+    let matrix = w.store.binding_matrix(Some(&p.member_id)).await.unwrap();
+    assert!(
+        matrix
+            .iter()
+            .any(|r| r.record.key.name == "ONCRMDEALUPDATE" && r.record.state == "bound")
+    );
+    w.emu.changes(&p.member_id, deal_added(25, 1)).unwrap();
+    w.emu.changes(&p.member_id, deals_updated(25, 1)).unwrap();
+    let r = w.receiver.clone();
+    w.until(
+        "25 offline updates forwarded",
+        Duration::from_secs(60),
+        || {
+            let r = r.clone();
+            async move { r.of("ONCRMDEALUPDATE").len() == 25 }
+        },
+    )
+    .await;
+    let q = offline_queue(&w, &p.member_id);
+    assert_eq!(q["size"], 0, "{q}");
+    w.shutdown().await;
+}

@@ -8,10 +8,12 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rand::Rng;
+
 use b24emu::ChangeSpec;
 use store::PortalStatus;
 
-use crate::harness::World;
+use crate::harness::{World, seeded};
 
 const MANIFEST: &str = r#"
 [[binding]]
@@ -88,13 +90,22 @@ async fn two_thousand_online_changes_reach_the_app_once_despite_failures_and_cra
     let mut w = World::start(MANIFEST, false).await;
     w.receiver.fail_every.store(3, Ordering::SeqCst); // a third of requests fail
     let members = install_all(&w, 20, &[]).await;
-    // 2,000 changes in ten waves; the gateway is killed mid-run twice.
-    for wave in 0..10 {
+    let mut rng = seeded("online run");
+    // 2,000 changes in ten waves; the engine is aborted at random points
+    // of the run (between portals, after a random pause), three times.
+    let mut crashes: BTreeSet<usize> = BTreeSet::new();
+    while crashes.len() < 3 {
+        crashes.insert(rng.random_range(0..200));
+    }
+    let mut step = 0;
+    for _ in 0..10 {
         for m in &members {
             w.emu.changes(m, change("add", 10)).unwrap();
-        }
-        if wave == 3 || wave == 6 {
-            w.crash_engine().await;
+            if crashes.contains(&step) {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+                w.crash_engine().await;
+            }
+            step += 1;
         }
     }
     // The emulator delivers asynchronously: wait until it has tried them all.
@@ -149,8 +160,9 @@ async fn five_thousand_offline_events_drain_completely_through_crashes() {
         w.emu.changes(m, change("add", 1000)).unwrap();
         w.emu.changes(m, change("update", 1000)).unwrap();
     }
+    let mut rng = seeded("offline run");
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
         w.crash_engine().await;
     }
     let rw = &w;
