@@ -349,6 +349,7 @@ async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     store.migrate().await?;
     let mut opts = crate::gateway::GatewayOptions::default();
     opts.engine.runner.workers = config.server.workers as usize;
+    opts.engine.runner.lease = config.server.job_lease;
     let gateway = crate::gateway::Gateway::start(
         std::sync::Arc::new(config),
         &secrets,

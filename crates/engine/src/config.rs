@@ -129,6 +129,15 @@ pub struct ServerConfig {
     /// Largest accepted request body.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: u64,
+    /// How long a claimed job stays this process's without a heartbeat:
+    /// after a crash (or SIGKILL) another process, or this one restarted,
+    /// takes the job over once it runs out.
+    #[serde(default = "default_job_lease", with = "duration_text")]
+    pub job_lease: Duration,
+}
+
+fn default_job_lease() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for ServerConfig {
@@ -138,6 +147,7 @@ impl Default for ServerConfig {
             public_url: default_public_url(),
             database_url: default_database_url(),
             allow_insecure_http: false,
+            job_lease: default_job_lease(),
             workers: default_workers(),
             body_limit_bytes: default_body_limit(),
         }
@@ -455,7 +465,7 @@ const NON_CONFIG_VARS: [&str; 6] = [
 ];
 
 /// Scalar and list keys settable from the environment, with their kind.
-const ENV_KEYS: [(&str, EnvKind); 18] = [
+const ENV_KEYS: [(&str, EnvKind); 22] = [
     ("metrics.open", EnvKind::Bool),
     ("metrics.portal_label", EnvKind::Bool),
     ("server.listen", EnvKind::Text),
@@ -464,6 +474,10 @@ const ENV_KEYS: [(&str, EnvKind); 18] = [
     ("server.allow_insecure_http", EnvKind::Bool),
     ("server.workers", EnvKind::Int),
     ("server.body_limit_bytes", EnvKind::Int),
+    ("server.job_lease", EnvKind::Text),
+    ("offline.allow_lossy_clear", EnvKind::Bool),
+    ("offline.batch", EnvKind::Int),
+    ("offline.drain_every", EnvKind::Text),
     ("app.client_id", EnvKind::Text),
     ("app.version", EnvKind::Int),
     ("app.scopes", EnvKind::List),
@@ -539,7 +553,7 @@ impl Config {
                         Some(ClientSecret::parse(value).map_err(|e| err(name.as_str(), e.reason))?)
                 }
                 "B24GATE_ADMIN_TOKEN" => secrets.admin_token = Some(value.clone()),
-                n if NON_CONFIG_VARS.contains(&n) => {}
+                n if NON_CONFIG_VARS.contains(&n) || n.starts_with("B24GATE_TEST_") => {}
                 n => {
                     let Some((key, kind)) = ENV_KEYS.iter().find(|(k, _)| env_name(k) == n) else {
                         return Err(err(n, "unknown b24gate environment variable"));
@@ -614,6 +628,9 @@ impl Config {
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(err("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if self.server.job_lease < Duration::from_secs(1) {
+            return Err(err("server.job_lease", "must be at least 1s"));
         }
         if !(1..=1000).contains(&self.offline.batch) {
             return Err(err("offline.batch", "must be between 1 and 1000"));

@@ -26,7 +26,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    async fn start() -> (Receiver, String) {
+    pub async fn start() -> (Receiver, String) {
         let r = Receiver::default();
         let app = axum::Router::new()
             .route("/hooks", axum::routing::post(hook))

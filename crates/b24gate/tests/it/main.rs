@@ -2,6 +2,7 @@
 //! files), and the whole gateway against b24emu end to end.
 
 mod cli;
+mod crash;
 mod harness;
 mod lifecycle;
 mod metrics;
