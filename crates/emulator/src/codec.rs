@@ -13,13 +13,57 @@ use serde_json::{Map, Value};
 /// spaces as `+`, nested maps and lists as `a[b][0]=v`, `true`/`false` as `1`/`0`,
 /// `null` and empty containers omitted.
 pub fn encode_form(value: &Map<String, Value>) -> String {
-    let mut out = String::with_capacity(512);
+    let mut w = FormWriter::with_capacity(512);
     for (k, v) in value {
-        let mut key = String::with_capacity(k.len() + 16);
-        push_encoded(&mut key, k);
-        encode_value(&mut out, &mut key, v);
+        w.value(k, v);
     }
-    out
+    w.finish()
+}
+
+/// Writes a form body field by field, with the same rules as [`encode_form`]; lets
+/// the delivery worker encode an event without first building it as a JSON map.
+pub struct FormWriter {
+    out: String,
+    key: String,
+}
+
+impl FormWriter {
+    pub fn with_capacity(n: usize) -> Self {
+        FormWriter {
+            out: String::with_capacity(n),
+            key: String::with_capacity(64),
+        }
+    }
+
+    /// One scalar field under a key path: `["auth", "domain"]` → `auth%5Bdomain%5D=…`.
+    pub fn field(&mut self, path: &[&str], value: &str) {
+        if !self.out.is_empty() {
+            self.out.push('&');
+        }
+        for (i, seg) in path.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str("%5B");
+            }
+            push_encoded(&mut self.out, seg);
+            if i > 0 {
+                self.out.push_str("%5D");
+            }
+        }
+        self.out.push('=');
+        push_encoded(&mut self.out, value);
+    }
+
+    /// A JSON value under a top-level key (nested maps and lists in brackets; `null`
+    /// and empty containers write nothing).
+    pub fn value(&mut self, key: &str, v: &Value) {
+        self.key.clear();
+        push_encoded(&mut self.key, key);
+        encode_value(&mut self.out, &mut self.key, v);
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
 }
 
 fn encode_value(out: &mut String, key: &mut String, v: &Value) {
@@ -314,6 +358,21 @@ mod tests {
              &data%5BLIST%5D%5B1%5D=c%26d&flag=1&off=0\
              &auth%5Bdomain%5D=x.bitrix24.com&auth%5Bclient_endpoint%5D=https%3A%2F%2Fx%2Frest%2F"
         );
+    }
+
+    #[test]
+    fn form_writer_matches_encode_form() {
+        let v = obj(json!({
+            "event": "ONCRMDEALADD", "data": {"FIELDS": {"ID": "7"}}, "none": null,
+            "auth": {"domain": "a b.localhost:80", "member_id": "x&y"}
+        }));
+        let mut w = FormWriter::with_capacity(0);
+        w.field(&["event"], "ONCRMDEALADD");
+        w.value("data", &v["data"]);
+        w.value("none", &Value::Null);
+        w.field(&["auth", "domain"], "a b.localhost:80");
+        w.field(&["auth", "member_id"], "x&y");
+        assert_eq!(w.finish(), encode_form(&v));
     }
 
     #[test]

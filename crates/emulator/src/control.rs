@@ -82,7 +82,7 @@ async fn list_portals(State(s): State<AppState>) -> Response {
 }
 
 async fn portal_get(State(s): State<AppState>, Path(m): Path<String>) -> Response {
-    reply(s.with(|f| f.portal_state(&m)))
+    reply(s.portal_state(&m))
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -96,7 +96,7 @@ async fn deliveries(
     Path(m): Path<String>,
     Query(q): Query<Since>,
 ) -> Response {
-    reply(s.with(|f| f.deliveries(&m, q.since)).map(to_value))
+    reply(s.deliveries(&m, q.since).map(to_value))
 }
 
 async fn portal_action(
@@ -121,7 +121,7 @@ async fn portal_action(
             "tokens" => parse(&body).and_then(|x| s.with(|f| f.tokens(&m, x)).map(to_value)),
             "codes" => parse(&body)
                 .and_then(|x| s.with(|f| f.auth_code(&m, x)).map(|c| json!({"code": c}))),
-            "changes" => parse(&body).and_then(|x| s.with(|f| f.changes(&m, x)).map(to_value)),
+            "changes" => parse(&body).and_then(|x| s.changes(&m, x).map(to_value)),
             "confirm" => parse(&body)
                 .and_then(|x| s.with(|f| f.confirm(&m, x)).map(|n| json!({"decided": n}))),
             "rename" => parse(&body).and_then(|x| s.with(|f| f.rename(&m, x)).map(to_value)),
@@ -143,7 +143,7 @@ async fn faults(State(s): State<AppState>, body: Bytes) -> Response {
 }
 
 async fn stats(State(s): State<AppState>) -> Response {
-    reply(Ok(s.with(|f| f.stats_json())))
+    reply(Ok(s.stats_json()))
 }
 
 async fn clock(State(s): State<AppState>, body: Bytes) -> Response {

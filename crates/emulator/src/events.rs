@@ -1,17 +1,14 @@
-//! Events: the catalogue, firing (online jobs and the offline queue), and the delivery
-//! worker that POSTs form-encoded bodies (reference §2) without retries.
+//! Events: the catalogue and firing (online jobs, the offline queue, ONOFFLINEEVENT),
+//! with the hit's de-duplication (§2.6). The jobs are sent by the worker in
+//! [`crate::delivery`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
-use serde_json::{Map, Value, json};
-use tokio::sync::Semaphore;
-use tokio::sync::mpsc::UnboundedReceiver;
+use serde_json::{Value, json};
 
-use crate::codec;
-use crate::ops::Shared;
-use crate::state::{DeliveryRecord, Farm, Job, OfflineRow};
+use crate::delivery::{AppContext, Job, Payload, UserAuth};
+use crate::state::{Farm, OfflineRow};
 
 /// What the portal knows about one event code.
 #[derive(Debug, Clone, Copy)]
@@ -97,91 +94,102 @@ pub struct Initiator {
 }
 
 impl Farm {
-    /// Builds the `auth[...]` block of a delivery per the presence matrix (§2.4).
-    pub(crate) fn auth_block(
-        &mut self,
-        member_id: &str,
-        client_id: &str,
-        user_id: u64,
-        tokens: bool,
-        refresh: bool,
-    ) -> Map<String, Value> {
-        let mut a = Map::new();
-        let (domain, ce, app_token, status) = {
-            let Some(p) = self.portals.get(member_id) else {
-                return a;
-            };
-            let i = p.installs.get(client_id);
-            (
-                p.domain.clone(),
-                self.client_endpoint(p),
-                i.map(|i| i.application_token.clone()).unwrap_or_default(),
-                i.map(|i| i.status.clone()).unwrap_or_default(),
-            )
+    /// What every delivery to (portal, app) shares, cached on the install and rebuilt
+    /// when the portal's name or domain or the app's token or status changed since.
+    pub(crate) fn app_context(&mut self, member_id: &str, client_id: &str) -> Arc<AppContext> {
+        let Some(p) = self.portals.get(member_id) else {
+            return Arc::new(AppContext {
+                member_id: member_id.to_string(),
+                client_id: client_id.to_string(),
+                portal_name: String::new(),
+                domain: String::new(),
+                client_endpoint: String::new(),
+                server_endpoint: self.server_endpoint(),
+                application_token: String::new(),
+                status: String::new(),
+                scope: String::new(),
+            });
         };
-        let se = self.server_endpoint();
-        if tokens && user_id > 0 {
-            let now = self.now();
-            let (access, refresh_token, expires) = if refresh {
-                let (a, r, e) = self.issue_pair(member_id, client_id, user_id);
-                (a, Some(r), e)
-            } else {
-                self.event_token(member_id, client_id, user_id)
-            };
-            let scope = self
+        let i = p.installs.get(client_id);
+        if let Some(i) = i
+            && let Some(c) = &i.context
+            && c.portal_name == p.name
+            && c.domain == p.domain
+            && c.application_token == i.application_token
+            && c.status == i.status
+        {
+            return c.clone();
+        }
+        let ctx = Arc::new(AppContext {
+            member_id: member_id.to_string(),
+            client_id: client_id.to_string(),
+            portal_name: p.name.clone(),
+            domain: p.domain.clone(),
+            client_endpoint: self.client_endpoint(p),
+            server_endpoint: self.server_endpoint(),
+            application_token: i.map(|i| i.application_token.clone()).unwrap_or_default(),
+            status: i.map(|i| i.status.clone()).unwrap_or_default(),
+            scope: self
                 .apps
                 .get(client_id)
                 .map(|a| a.scopes.join(","))
-                .unwrap_or_default();
-            a.insert("access_token".into(), json!(access));
-            a.insert("expires".into(), json!(expires.to_string()));
-            a.insert(
-                "expires_in".into(),
-                json!((expires - now).max(0).to_string()),
-            );
-            a.insert("scope".into(), json!(scope));
-            a.insert("domain".into(), json!(domain));
-            a.insert("server_endpoint".into(), json!(se));
-            a.insert("status".into(), json!(status));
-            a.insert("client_endpoint".into(), json!(ce));
-            a.insert("member_id".into(), json!(member_id));
-            a.insert("user_id".into(), json!(user_id.to_string()));
-            if let Some(r) = refresh_token {
-                a.insert("refresh_token".into(), json!(r));
-            }
-            a.insert("application_token".into(), json!(app_token));
-        } else {
-            a.insert("domain".into(), json!(domain));
-            a.insert("client_endpoint".into(), json!(ce));
-            a.insert("server_endpoint".into(), json!(se));
-            a.insert("member_id".into(), json!(member_id));
-            a.insert("application_token".into(), json!(app_token));
+                .unwrap_or_default(),
+        });
+        if let Some(i) = self
+            .portals
+            .get_mut(member_id)
+            .and_then(|p| p.installs.get_mut(client_id))
+        {
+            i.context = Some(ctx.clone());
         }
-        a
+        ctx
     }
 
-    /// A still-valid access token for deliveries to (app, user), reused across events.
-    fn event_token(
+    /// The token part of a delivery's `auth` (§2.3): only when the event sends auth
+    /// and a user context exists.
+    fn user_auth(
         &mut self,
         member_id: &str,
         client_id: &str,
         user_id: u64,
-    ) -> (String, Option<String>, i64) {
+        def: &EventDef,
+    ) -> Option<UserAuth> {
+        if !def.send_auth || user_id == 0 {
+            return None;
+        }
+        let now = self.now();
+        let (access_token, refresh_token, expires) = if def.send_refresh {
+            let (a, r, e) = self.issue_pair(member_id, client_id, user_id);
+            (a, Some(r), e)
+        } else {
+            let (a, e) = self.event_token(member_id, client_id, user_id);
+            (a, None, e)
+        };
+        Some(UserAuth {
+            access_token,
+            expires,
+            expires_in: (expires - now).max(0),
+            user_id,
+            refresh_token,
+        })
+    }
+
+    /// A still-valid access token for deliveries to (app, user), reused across events.
+    fn event_token(&mut self, member_id: &str, client_id: &str, user_id: u64) -> (String, i64) {
         let now = self.now();
         let cached = self
             .portals
             .get(member_id)
             .and_then(|p| p.installs.get(client_id))
-            .and_then(|i| i.event_tokens.get(&user_id))
-            .cloned();
+            .and_then(|i| i.event_tokens.get(&user_id));
         if let Some(t) = cached
-            && let Some(at) = self.tokens.get(&t)
+            && let Some(at) = self.tokens.get(t)
             && at.expires > now + 60
         {
-            return (t, None, at.expires);
+            return (t.clone(), at.expires);
         }
         let t = self.issue_access(member_id, client_id, user_id);
-        let expires = self.tokens.get(&t).map(|a| a.expires).unwrap_or(now);
+        let expires = self.tokens.get(&t).map_or(now, |at| at.expires);
         if let Some(i) = self
             .portals
             .get_mut(member_id)
@@ -189,36 +197,26 @@ impl Farm {
         {
             i.event_tokens.insert(user_id, t.clone());
         }
-        (t, None, expires)
+        (t, expires)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn push_job(
         &mut self,
-        member_id: &str,
-        client_id: &str,
-        event: &str,
+        app: Arc<AppContext>,
+        event: &'static str,
         binding_id: u64,
-        url: &str,
+        url: String,
         data: Value,
-        auth: Map<String, Value>,
+        user: Option<UserAuth>,
     ) {
-        let ts = self.now();
-        let mut body = Map::new();
-        body.insert("event".into(), json!(event));
-        body.insert("event_handler_id".into(), json!(binding_id.to_string()));
-        body.insert("data".into(), data);
-        body.insert("ts".into(), json!(ts.to_string()));
-        body.insert("auth".into(), Value::Object(auth));
         self.stats.deliveries_queued += 1;
         self.pending.push(Job {
-            member_id: member_id.to_string(),
-            client_id: client_id.to_string(),
-            event: event.to_string(),
+            app,
+            event,
             binding_id: Some(binding_id),
-            url: url.to_string(),
-            body,
-            ts,
+            url,
+            ts: self.now(),
+            payload: Payload::Event { data, user },
         });
     }
 
@@ -288,22 +286,13 @@ impl Farm {
                 let uid = if auth_type > 0 { auth_type } else { user_id };
                 // Identical (handler, event, user, data) items within one hit are sent
                 // once (§2.6, `Buffer` in the module source).
-                if self.cfg.dedup_within_hit
-                    && !self.hit_seen.insert(format!("{id}|{uid}|{data_json}"))
+                if self.cfg.dedup_within_hit && !self.hit.seen.insert((id, uid, data_json.clone()))
                 {
                     continue;
                 }
-                let auth =
-                    self.auth_block(member_id, &client, uid, def.send_auth, def.send_refresh);
-                self.push_job(
-                    member_id,
-                    &client,
-                    def.name,
-                    id,
-                    &handler,
-                    data.clone(),
-                    auth,
-                );
+                let app = self.app_context(member_id, &client);
+                let user = self.user_auth(member_id, &client, uid, def);
+                self.push_job(app, def.name, id, handler, data.clone(), user);
             }
         }
         for client in notify {
@@ -368,7 +357,7 @@ impl Farm {
             }
             let min = b.min_timeout.unwrap_or(1.0);
             if min <= 0.0 {
-                if !self.hit_notified.insert(b.id) {
+                if !self.hit.notified.insert(b.id) {
                     continue;
                 }
             } else if b.last_notified.is_some_and(|t| now - t < min) {
@@ -377,18 +366,12 @@ impl Farm {
             b.last_notified = Some(now);
             send.push((b.id, b.handler.clone(), b.auth_type));
         }
+        let def = event_def("ONOFFLINEEVENT").expect("in the catalogue");
         for (id, handler, auth_type) in send {
             let uid = if auth_type > 0 { auth_type } else { user_id };
-            let auth = self.auth_block(member_id, client, uid, true, true);
-            self.push_job(
-                member_id,
-                client,
-                "ONOFFLINEEVENT",
-                id,
-                &handler,
-                json!([]),
-                auth,
-            );
+            let app = self.app_context(member_id, client);
+            let user = self.user_auth(member_id, client, uid, def);
+            self.push_job(app, def.name, id, handler, json!([]), user);
         }
     }
 
@@ -416,136 +399,14 @@ impl Farm {
             .filter(|b| b.client_id == client && b.event == def.name && !b.offline)
             .map(|b| (b.id, b.handler.clone(), b.auth_type))
             .collect();
+        if targets.is_empty() {
+            return;
+        }
         for (id, handler, auth_type) in targets {
             let uid = if auth_type > 0 { auth_type } else { user_id };
-            let auth = self.auth_block(member_id, client, uid, def.send_auth, def.send_refresh);
-            self.push_job(
-                member_id,
-                client,
-                def.name,
-                id,
-                &handler,
-                data.clone(),
-                auth,
-            );
-        }
-    }
-
-    /// Records a finished delivery attempt.
-    pub(crate) fn record_delivery(
-        &mut self,
-        job: &Job,
-        status: Option<u16>,
-        error: Option<String>,
-        latency_ms: f64,
-        body: Option<String>,
-    ) {
-        let ok = status.is_some_and(|s| (200..300).contains(&s));
-        if ok {
-            self.stats.deliveries_ok += 1;
-        } else {
-            self.stats.deliveries_failed += 1;
-        }
-        let cap = self.cfg.delivery.log_capacity;
-        let Some(p) = self.portals.get_mut(&job.member_id) else {
-            return;
-        };
-        p.next_delivery_id += 1;
-        if cap == 0 {
-            return;
-        }
-        if p.deliveries.len() >= cap {
-            p.deliveries.pop_front();
-        }
-        p.deliveries.push_back(DeliveryRecord {
-            id: p.next_delivery_id,
-            event: job.event.clone(),
-            client_id: job.client_id.clone(),
-            event_handler_id: job.binding_id,
-            url: job.url.clone(),
-            ts: job.ts,
-            status,
-            ok,
-            error,
-            latency_ms,
-            body,
-        });
-    }
-}
-
-/// The delivery worker: one loop receiving jobs, each sent by its own task, at most
-/// `delivery.concurrency` in flight. Deliveries share one keep-alive client.
-pub(crate) async fn run_worker(
-    shared: Arc<Shared>,
-    mut rx: UnboundedReceiver<Job>,
-    client: reqwest::Client,
-) {
-    let sem = Arc::new(Semaphore::new(shared.cfg.delivery.concurrency.max(1)));
-    let timeout = Duration::from_millis(shared.cfg.delivery.timeout_ms);
-    while let Some(job) = rx.recv().await {
-        let Ok(permit) = sem.clone().acquire_owned().await else {
-            break;
-        };
-        let shared = shared.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let body = codec::encode_form(&job.body);
-            let started = Instant::now();
-            let res = client
-                .post(&job.url)
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .timeout(timeout)
-                .body(body.clone())
-                .send()
-                .await;
-            let (status, error) = match res {
-                Ok(r) => {
-                    let s = r.status().as_u16();
-                    // Drain the body so the connection goes back to the pool.
-                    let _ = r.bytes().await;
-                    (Some(s), None)
-                }
-                Err(e) => (None, Some(describe(&e))),
-            };
-            let latency = started.elapsed().as_secs_f64() * 1000.0;
-            tracing::debug!(event = %job.event, url = %job.url, ?status, latency_ms = latency, "delivery");
-            let keep = shared.cfg.delivery.keep_bodies.then_some(body);
-            shared.with(|f| f.record_delivery(&job, status, error, latency, keep));
-            drop(permit);
-        });
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout".to_string()
-    } else if e.is_connect() {
-        "connect error".to_string()
-    } else {
-        "request error".to_string()
-    }
-}
-
-impl Job {
-    /// An installer POST (§3.5): the query string is already in `url`.
-    pub(crate) fn installer(
-        member_id: &str,
-        client_id: &str,
-        url: String,
-        body: Map<String, Value>,
-        ts: i64,
-    ) -> Job {
-        Job {
-            member_id: member_id.to_string(),
-            client_id: client_id.to_string(),
-            event: "INSTALLER".to_string(),
-            binding_id: None,
-            url,
-            body,
-            ts,
+            let app = self.app_context(member_id, client);
+            let user = self.user_auth(member_id, client, uid, def);
+            self.push_job(app, def.name, id, handler, data.clone(), user);
         }
     }
 }

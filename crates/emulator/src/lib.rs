@@ -5,11 +5,13 @@
 //!
 //! - [`config`]: [`EmulatorConfig`], every default (also loadable from TOML).
 //! - [`state`]: the in-memory farm ([`state::Farm`]) behind one mutex.
+//! - `delivery`: jobs, their encoding, the delivery worker (delay/reordering) and the
+//!   delivery log (its own mutex: recording never takes the farm lock).
 //! - [`ops`]: farm operations (create app/portal, install, changes, …) shared by the
 //!   control API and the Rust API of [`Emulator`].
 //! - [`codec`]: the emulator's own PHP-style form encoder and parameter decoder.
 //! - `rest`: the portal REST endpoint (dispatcher, methods, batch, offline queue).
-//! - [`events`]: the event catalogue, firing, and the delivery worker.
+//! - [`events`]: the event catalogue and firing (de-duplication, loop TTL).
 //! - [`oauth`]: `/oauth/token/` and the OAuth server's `app.info`.
 //! - [`limits`]: leaky bucket and operating-time budget.
 //! - `control`: the `/_emu/` JSON API. `server`: routers and listeners. [`tls`]: the
@@ -20,6 +22,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 mod control;
+mod delivery;
 pub mod events;
 pub mod limits;
 pub mod oauth;
@@ -29,7 +32,7 @@ mod server;
 pub mod state;
 pub mod tls;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -38,12 +41,13 @@ use tokio::task::JoinHandle;
 
 pub use clock::Clock;
 pub use config::{EmulatorConfig, UpdateEvent};
+pub use delivery::DeliveryRecord;
 pub use ops::{
     AppSpec, ChangeInfo, ChangeSpec, ClockSpec, ConfirmSpec, FaultsSpec, InstallInfo, InstallSpec,
     LimitsSpec, PaymentSpec, PortalInfo, PortalSpec, RenameSpec, Shared, TokenInfo, UninstallSpec,
     UpdateSpec, WebhookSpec,
 };
-pub use state::{App, AppKind, DeliveryRecord, Farm, Plan, PortalLimits, Urls};
+pub use state::{App, AppKind, Farm, Plan, PortalLimits, Urls};
 
 /// Errors of the emulator's API.
 #[derive(Debug, thiserror::Error)]
@@ -108,12 +112,11 @@ impl Emulator {
             oauth_host: format!("{}:{oauth_port}", ip(cfg.oauth_listen)),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            cfg: cfg.clone(),
-            clock: Clock::default(),
-            farm: Mutex::new(Farm::new(cfg.clone(), urls.clone())),
-            jobs: tx,
-        });
+        let shared = Arc::new(Shared::new(
+            cfg.clone(),
+            Farm::new(cfg.clone(), urls.clone()),
+            tx,
+        ));
         let client = reqwest::Client::builder()
             .no_proxy()
             .user_agent(cfg.delivery.user_agent.clone())
@@ -123,7 +126,11 @@ impl Emulator {
             .map_err(|e| EmuError::Config(format!("delivery client: {e}")))?;
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(events::run_worker(shared.clone(), rx, client)));
+        tasks.push(tokio::spawn(delivery::run_worker(
+            shared.clone(),
+            rx,
+            client,
+        )));
         let portal = server::portal_router(shared.clone());
         tasks.push(tokio::spawn(server::serve_http(
             http_l,
@@ -245,7 +252,7 @@ impl Emulator {
     }
 
     pub fn changes(&self, member_id: &str, spec: ChangeSpec) -> Result<ChangeInfo, EmuError> {
-        self.shared.with(|f| f.changes(member_id, spec))
+        self.shared.changes(member_id, spec)
     }
 
     pub fn confirm(&self, member_id: &str, spec: ConfirmSpec) -> Result<usize, EmuError> {
@@ -273,15 +280,15 @@ impl Emulator {
     }
 
     pub fn portal_state(&self, member_id: &str) -> Result<Value, EmuError> {
-        self.shared.with(|f| f.portal_state(member_id))
+        self.shared.portal_state(member_id)
     }
 
     pub fn deliveries(&self, member_id: &str) -> Result<Vec<DeliveryRecord>, EmuError> {
-        self.shared.with(|f| f.deliveries(member_id, 0))
+        self.shared.deliveries(member_id, 0)
     }
 
     pub fn stats(&self) -> Value {
-        self.shared.with(|f| f.stats_json())
+        self.shared.stats_json()
     }
 
     /// Stops the listeners and the delivery worker.

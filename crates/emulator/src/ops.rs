@@ -1,5 +1,6 @@
 //! Farm operations: what the control API does, callable directly from Rust tests
-//! through [`crate::Emulator`]. Each takes the farm lock once.
+//! through [`crate::Emulator`]. Each takes the farm lock once, except `changes`,
+//! which releases it between chunks of its entities.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -12,39 +13,126 @@ use crate::EmuError;
 use crate::clock::Clock;
 use crate::codec;
 use crate::config::{EmulatorConfig, UpdateEvent};
+use crate::delivery::{DeliveryLog, DeliveryRecord, Job};
 use crate::events::Initiator;
 use crate::state::{
-    App, AppKind, Binding, Confirmation, DeliveryRecord, Farm, FaultSpec, Install, Job,
-    OfflineQueue, Plan, Portal, PortalLimits, RefreshToken, Webhook,
+    App, AppKind, Binding, Confirmation, Farm, FaultSpec, Hit, Install, OfflineQueue, Plan, Portal,
+    PortalLimits, RefreshToken, Webhook,
 };
+
+/// Entities a `changes` call creates and fires per hold of the farm lock: a bulk
+/// change of thousands must not keep a shared runtime's threads waiting on the lock.
+const CHANGE_CHUNK: usize = 64;
 
 /// State shared by every listener and worker.
 pub struct Shared {
     pub cfg: Arc<EmulatorConfig>,
     pub clock: Clock,
     pub farm: Mutex<Farm>,
-    pub(crate) jobs: UnboundedSender<Job>,
+    pub(crate) jobs: UnboundedSender<Vec<Job>>,
+    pub(crate) log: DeliveryLog,
 }
 
 impl Shared {
-    /// Runs `f` under the farm lock with the clock read once, then hands the deliveries
-    /// it produced to the worker (after the lock is released).
+    pub(crate) fn new(
+        cfg: Arc<EmulatorConfig>,
+        farm: Farm,
+        jobs: UnboundedSender<Vec<Job>>,
+    ) -> Self {
+        Shared {
+            log: DeliveryLog::new(cfg.delivery.log_capacity),
+            clock: Clock::default(),
+            farm: Mutex::new(farm),
+            jobs,
+            cfg,
+        }
+    }
+
+    /// Runs `f` under the farm lock as one hit, with the clock read once, then hands
+    /// the deliveries it produced to the worker (after the lock is released).
     pub fn with<T>(&self, f: impl FnOnce(&mut Farm) -> T) -> T {
+        self.with_hit(&mut Hit::default(), f)
+    }
+
+    /// Like [`Shared::with`], continuing `hit` (one hit spread over several holds of
+    /// the lock).
+    pub(crate) fn with_hit<T>(&self, hit: &mut Hit, f: impl FnOnce(&mut Farm) -> T) -> T {
         let mut g = self.farm.lock().unwrap_or_else(|e| e.into_inner());
         g.now_us = self.clock.now_us();
-        g.hit_notified.clear();
-        g.hit_seen.clear();
+        std::mem::swap(&mut g.hit, hit);
         let out = f(&mut g);
-        let jobs = if g.pending.is_empty() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut g.pending)
-        };
+        std::mem::swap(&mut g.hit, hit);
+        let jobs = std::mem::take(&mut g.pending);
         drop(g);
-        for j in jobs {
-            let _ = self.jobs.send(j);
+        if !jobs.is_empty() {
+            let _ = self.jobs.send(jobs);
         }
         out
+    }
+
+    /// Entity changes ([`Farm::changes`]) as one hit, `CHANGE_CHUNK` entities per hold
+    /// of the lock, so deliveries start while the rest is still being made.
+    pub fn changes(&self, member_id: &str, spec: ChangeSpec) -> Result<ChangeInfo, EmuError> {
+        let mut hit = Hit::default();
+        let mut plan = self.with_hit(&mut hit, |f| f.change_plan(member_id, spec))?;
+        while !plan.is_done() {
+            self.with_hit(&mut hit, |f| {
+                f.change_step(member_id, &mut plan, CHANGE_CHUNK)
+            });
+        }
+        Ok(plan.info())
+    }
+
+    /// Farm counters with the delivery log's.
+    pub fn stats_json(&self) -> Value {
+        let mut v = self.with(|f| f.stats_json());
+        let (ok, failed) = self.log.totals();
+        v["deliveries_ok"] = json!(ok);
+        v["deliveries_failed"] = json!(failed);
+        v
+    }
+
+    /// The state of one portal, with its delivery count.
+    pub fn portal_state(&self, member_id: &str) -> Result<Value, EmuError> {
+        let mut v = self.with(|f| f.portal_state(member_id))?;
+        v["deliveries"] = json!(self.log.count(member_id));
+        Ok(v)
+    }
+
+    /// Delivery records of a portal with id > `since`.
+    pub fn deliveries(&self, member_id: &str, since: u64) -> Result<Vec<DeliveryRecord>, EmuError> {
+        if !self.with(|f| f.portals.contains_key(member_id)) {
+            return Err(not_found("portal", member_id));
+        }
+        Ok(self.log.since(member_id, since))
+    }
+}
+
+/// A `changes` call in progress: what it does, and how far it got.
+pub(crate) struct ChangePlan {
+    entity: String,
+    action: String,
+    event: String,
+    user: u64,
+    initiator: Initiator,
+    fields: Map<String, Value>,
+    /// `add`: entities still to create.
+    adds_left: u64,
+    /// `update`/`delete`: ids still to change.
+    targets: VecDeque<u64>,
+    done: Vec<u64>,
+}
+
+impl ChangePlan {
+    fn is_done(&self) -> bool {
+        self.adds_left == 0 && self.targets.is_empty()
+    }
+
+    fn info(self) -> ChangeInfo {
+        ChangeInfo {
+            event: self.event,
+            ids: self.done,
+        }
     }
 }
 
@@ -421,8 +509,6 @@ impl Farm {
             entity_counters: HashMap::new(),
             webhooks: HashMap::new(),
             limits,
-            deliveries: VecDeque::new(),
-            next_delivery_id: 0,
         };
         let info = self.portal_info(&portal);
         self.by_name.insert(name, member_id.clone());
@@ -542,6 +628,7 @@ impl Farm {
             days: None,
             confirmations: HashMap::new(),
             event_tokens: HashMap::new(),
+            context: None,
             installed_by: user,
         };
         self.portals
@@ -655,8 +742,8 @@ impl Farm {
         body.insert("PLACEMENT".into(), json!("DEFAULT"));
         let ts = self.now();
         self.stats.deliveries_queued += 1;
-        self.pending
-            .push(Job::installer(member_id, client_id, url, body, ts));
+        let app = self.app_context(member_id, client_id);
+        self.pending.push(Job::installer(app, url, body, ts));
     }
 
     /// installFinish (flow B): INSTALLED=Y, then ONAPPINSTALL to the handlers bound so far.
@@ -797,11 +884,24 @@ impl Farm {
         Ok(code)
     }
 
-    /// Entity changes made outside REST (by a user in the UI, or by the system).
+    /// Entity changes made outside REST (by a user in the UI, or by the system), all
+    /// under this one hold of the lock ([`Shared::changes`] releases it in between).
     pub fn changes(&mut self, member_id: &str, spec: ChangeSpec) -> Result<ChangeInfo, EmuError> {
-        if !self.portals.contains_key(member_id) {
+        let mut plan = self.change_plan(member_id, spec)?;
+        self.change_step(member_id, &mut plan, usize::MAX);
+        Ok(plan.info())
+    }
+
+    /// Checks a change and picks the ids of an update or delete (the `count` newest
+    /// unless `id` is given).
+    pub(crate) fn change_plan(
+        &mut self,
+        member_id: &str,
+        spec: ChangeSpec,
+    ) -> Result<ChangePlan, EmuError> {
+        let Some(p) = self.portals.get(member_id) else {
             return Err(not_found("portal", member_id));
-        }
+        };
         let ent = spec.entity.to_ascii_lowercase();
         let act = spec.action.to_ascii_lowercase();
         let prefix = match ent.as_str() {
@@ -823,30 +923,12 @@ impl Farm {
                 )));
             }
         };
-        let event = format!("{prefix}{suffix}");
-        let initiator = Initiator {
-            client_id: spec.client_id.clone(),
-            connector: spec.auth_connector.clone(),
-        };
-        let mut ids = Vec::new();
         let count = spec.count.max(1);
-        let user = spec.user_id;
-        if act == "add" {
-            for _ in 0..count {
-                let id = if ent == "deal" {
-                    self.deal_add(member_id, spec.fields.clone(), user.max(1))
-                } else {
-                    let p = self.portals.get_mut(member_id).expect("checked");
-                    let c = p.entity_counters.entry(ent.clone()).or_insert(0);
-                    *c += 1;
-                    *c
-                };
-                ids.push(id);
-            }
+        let targets = if act == "add" {
+            VecDeque::new()
         } else {
-            let p = &self.portals[member_id];
-            ids = match spec.id {
-                Some(id) => vec![id],
+            match spec.id {
+                Some(id) => VecDeque::from([id]),
                 None if ent == "deal" => {
                     p.deals.keys().rev().take(count as usize).copied().collect()
                 }
@@ -854,11 +936,54 @@ impl Farm {
                     let n = p.entity_counters.get(&ent).copied().unwrap_or(0);
                     (n.saturating_sub(count) + 1..=n).rev().collect()
                 }
-            };
-            if ent == "deal" {
+            }
+        };
+        Ok(ChangePlan {
+            event: format!("{prefix}{suffix}"),
+            adds_left: if act == "add" { count } else { 0 },
+            entity: ent,
+            action: act,
+            user: spec.user_id,
+            initiator: Initiator {
+                client_id: spec.client_id,
+                connector: spec.auth_connector,
+            },
+            fields: spec.fields,
+            targets,
+            done: Vec::new(),
+        })
+    }
+
+    /// Makes up to `n` more of the plan's changes and fires their events.
+    pub(crate) fn change_step(&mut self, member_id: &str, plan: &mut ChangePlan, n: usize) {
+        if !self.portals.contains_key(member_id) {
+            plan.adds_left = 0;
+            plan.targets.clear();
+            return;
+        }
+        let user = plan.user;
+        let mut ids = Vec::new();
+        if plan.adds_left > 0 {
+            let k = plan.adds_left.min(n as u64);
+            plan.adds_left -= k;
+            for _ in 0..k {
+                let id = if plan.entity == "deal" {
+                    self.deal_add(member_id, plan.fields.clone(), user.max(1))
+                } else {
+                    let p = self.portals.get_mut(member_id).expect("checked");
+                    let c = p.entity_counters.entry(plan.entity.clone()).or_insert(0);
+                    *c += 1;
+                    *c
+                };
+                ids.push(id);
+            }
+        } else {
+            let k = plan.targets.len().min(n);
+            ids.extend(plan.targets.drain(..k));
+            if plan.entity == "deal" {
                 for id in &ids {
-                    if act == "update" {
-                        self.deal_update(member_id, *id, &spec.fields, user.max(1));
+                    if plan.action == "update" {
+                        self.deal_update(member_id, *id, &plan.fields, user.max(1));
                     } else if let Some(p) = self.portals.get_mut(member_id) {
                         p.deals.remove(id);
                     }
@@ -866,10 +991,10 @@ impl Farm {
             }
         }
         for id in &ids {
-            let data = entity_event_data(&ent, &act, *id);
-            self.fire_entity(member_id, &event, data, user, &initiator);
+            let data = entity_event_data(&plan.entity, &plan.action, *id);
+            self.fire_entity(member_id, &plan.event, data, user, &plan.initiator);
         }
-        Ok(ChangeInfo { event, ids })
+        plan.done.extend(ids);
     }
 
     /// The admin's decision on pending confirmations of `method` (§9); fires
@@ -1183,21 +1308,7 @@ impl Farm {
             "base_url": info.base_url, "plan": p.plan, "features": p.features, "deleted": p.deleted,
             "apps": apps, "deals": p.deals.len(), "limits": p.limits,
             "webhooks": p.webhooks.values().collect::<Vec<_>>(),
-            "deliveries": p.next_delivery_id,
         }))
-    }
-
-    /// Delivery records of a portal with id > `since`.
-    pub fn deliveries(&self, member_id: &str, since: u64) -> Result<Vec<DeliveryRecord>, EmuError> {
-        let p = self
-            .portals
-            .get(member_id)
-            .ok_or_else(|| not_found("portal", member_id))?;
-        Ok(p.deliveries
-            .iter()
-            .filter(|d| d.id > since)
-            .cloned()
-            .collect())
     }
 
     /// Farm counters.

@@ -1,9 +1,11 @@
 //! The in-memory farm: apps, portals, installs, bindings, tokens, queues, stats.
 //!
-//! One `Mutex<Farm>` guards everything; every operation holds it for a few
-//! microseconds and never across an `.await`. Work that leaves the process (event
-//! deliveries, installer POSTs) is collected in `Farm::pending` while the lock is held
-//! and handed to the delivery worker after it is released.
+//! One `Mutex<Farm>` guards everything but the delivery log; every operation holds it
+//! briefly (long control calls release it between chunks) and never across an
+//! `.await`. Work that leaves the process (event deliveries, installer POSTs) is
+//! collected in `Farm::pending` while the lock is held and handed to the delivery
+//! worker after it is released; the worker records results in
+//! `crate::delivery::DeliveryLog`, never here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{EmulatorConfig, UpdateEvent};
+use crate::delivery::{AppContext, Job};
 
 /// Base URLs of the running listeners.
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +89,9 @@ pub struct Install {
     /// would grow the token table without bound at bench rates).
     #[serde(skip)]
     pub event_tokens: HashMap<u64, String>,
+    /// What deliveries to this install share (see `Farm::app_context`).
+    #[serde(skip)]
+    pub(crate) context: Option<Arc<AppContext>>,
     /// User id of the admin who installed.
     pub installed_by: u64,
 }
@@ -180,24 +186,6 @@ pub struct PortalLimits {
     pub usage: HashMap<(String, String), VecDeque<(i64, f64)>>,
 }
 
-/// One delivery attempt (events never retry, §2.6).
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryRecord {
-    pub id: u64,
-    /// Event name, or `INSTALLER` for a §3.5 installer POST.
-    pub event: String,
-    pub client_id: String,
-    pub event_handler_id: Option<u64>,
-    pub url: String,
-    pub ts: i64,
-    /// HTTP status, absent when the request failed.
-    pub status: Option<u16>,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub latency_ms: f64,
-    pub body: Option<String>,
-}
-
 /// A portal.
 #[derive(Debug)]
 pub struct Portal {
@@ -220,8 +208,6 @@ pub struct Portal {
     pub entity_counters: HashMap<String, u64>,
     pub webhooks: HashMap<String, Webhook>,
     pub limits: PortalLimits,
-    pub deliveries: VecDeque<DeliveryRecord>,
-    pub next_delivery_id: u64,
 }
 
 /// An access token.
@@ -260,24 +246,21 @@ pub struct Stats {
     pub query_limit_errors: u64,
     pub operation_limit_errors: u64,
     pub operating_secs: f64,
-    /// Deliveries handed to the worker (events and installer POSTs).
+    /// Deliveries handed to the worker (events and installer POSTs). The ok/failed
+    /// counts live in the delivery log.
     pub deliveries_queued: u64,
-    pub deliveries_ok: u64,
-    pub deliveries_failed: u64,
     pub faults_injected: u64,
     pub oauth_requests: u64,
 }
 
-/// Work handed to the delivery worker once the farm lock is released.
-#[derive(Debug)]
-pub struct Job {
-    pub member_id: String,
-    pub client_id: String,
-    pub event: String,
-    pub binding_id: Option<u64>,
-    pub url: String,
-    pub body: Map<String, Value>,
-    pub ts: i64,
+/// What belongs to one "hit" (one REST request, batch or control call): the
+/// portal's event buffer de-duplicates within it (§2.6).
+#[derive(Debug, Default)]
+pub struct Hit {
+    /// ONOFFLINEEVENT bindings already notified (minTimeout=0).
+    pub(crate) notified: HashSet<u64>,
+    /// (binding, user, data as JSON) of entity deliveries already produced.
+    pub(crate) seen: HashSet<(u64, u64, String)>,
 }
 
 /// The whole farm.
@@ -301,11 +284,9 @@ pub struct Farm {
     pub next_binding_id: u64,
     pub now_us: i64,
     /// Deliveries produced by the current operation.
-    pub pending: Vec<Job>,
-    /// ONOFFLINEEVENT bindings already notified in the current "hit" (minTimeout=0).
-    pub hit_notified: HashSet<u64>,
-    /// (binding, user, data) of entity deliveries already produced in this hit.
-    pub hit_seen: HashSet<String>,
+    pub(crate) pending: Vec<Job>,
+    /// The current hit.
+    pub(crate) hit: Hit,
 }
 
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -340,8 +321,7 @@ impl Farm {
             next_binding_id: 1,
             now_us: 0,
             pending: Vec::new(),
-            hit_notified: HashSet::new(),
-            hit_seen: HashSet::new(),
+            hit: Hit::default(),
         }
     }
 
