@@ -64,6 +64,15 @@ pub struct EmulatorConfig {
     /// Send identical entity deliveries (same binding, user and data) once per "hit"
     /// (one REST call, batch or control call), as the portal's event buffer does (§2.6).
     pub dedup_within_hit: bool,
+    /// Event-session TTL (§2.6 loop protection, module source `HANDLER_SESSION_TTL`):
+    /// events fired by a REST call made with an event's token carry one less; a call
+    /// made with a token of TTL 1 fires none, so event → handler → REST write chains
+    /// stop after this many generations. 0 switches the protection off. Default 7
+    /// (module source; cloud unconfirmed).
+    pub event_session_ttl: u32,
+    /// Offline-queue rows older than this (by TIMESTAMP_X, reserved or not) are
+    /// purged (§5.5: `PROCESS_ID_LIFETIME` = 2,952,000 s, ~34 days). 0 = never.
+    pub offline_row_lifetime_secs: u64,
 }
 
 /// Disputed statuses, reference §6.3 / §13. Defaults are the docs column.
@@ -141,6 +150,13 @@ pub struct DeliveryConfig {
     pub keep_bodies: bool,
     /// `User-Agent` of deliveries (unconfirmed, reference §2.1).
     pub user_agent: String,
+    /// Each delivery is held back by a random delay in `[delay_min_ms, delay_max_ms]`
+    /// before it is sent (§11 item 7; off when `delay_max_ms` is 0). Switchable at run
+    /// time (`POST /_emu/delivery`); drawn from the seeded generator.
+    pub delay_min_ms: u64,
+    pub delay_max_ms: u64,
+    /// Shuffle the deliveries of each hit (seeded) before they are sent.
+    pub reorder: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -151,6 +167,9 @@ impl Default for DeliveryConfig {
             log_capacity: 1000,
             keep_bodies: true,
             user_agent: "Bitrix24 Webhook Engine".to_string(),
+            delay_min_ms: 0,
+            delay_max_ms: 0,
+            reorder: false,
         }
     }
 }
@@ -176,6 +195,8 @@ impl Default for EmulatorConfig {
             rotate_application_token: false,
             update_removes_bindings: false,
             dedup_within_hit: true,
+            event_session_ttl: 7,
+            offline_row_lifetime_secs: 2_952_000,
         }
     }
 }

@@ -146,6 +146,14 @@ async fn stats(State(s): State<AppState>) -> Response {
     reply(Ok(s.stats_json()))
 }
 
+async fn delivery(State(s): State<AppState>, body: Bytes) -> Response {
+    reply(parse::<crate::DeliverySpec>(&body).map(|x| s.set_delivery(x)))
+}
+
+async fn delivery_get(State(s): State<AppState>) -> Response {
+    reply(Ok(s.delivery_settings()))
+}
+
 async fn clock(State(s): State<AppState>, body: Bytes) -> Response {
     reply(parse::<ops::ClockSpec>(&body).map(|c| {
         if let Some(fz) = c.freeze {
@@ -174,5 +182,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/portals/{member_id}/{action}", post(portal_action))
         .route("/faults", post(faults))
         .route("/stats", get(stats))
+        .route("/delivery", post(delivery).get(delivery_get))
         .route("/clock", post(clock).get(clock_get))
 }

@@ -1,5 +1,6 @@
 //! Outgoing deliveries: the job a fired event becomes, its form encoding, the worker
-//! that POSTs it without retries (reference §2.6), and the delivery log.
+//! that POSTs it without retries (reference §2.6), optional random delay and
+//! reordering, and the delivery log.
 //!
 //! Nothing here takes the farm lock. The farm hands a hit's jobs over after the lock
 //! is released (`Shared::with`); each job is encoded by the task that sends it; its
@@ -9,16 +10,21 @@
 //! two-thread runtime with the gateway under test).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::Serialize;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::codec::{self, FormWriter};
+use crate::config::DeliveryConfig;
 use crate::ops::Shared;
 
 /// What every delivery to one app on one portal shares: the identity part of
@@ -148,6 +154,9 @@ pub struct DeliveryRecord {
     pub ok: bool,
     pub error: Option<String>,
     pub latency_ms: f64,
+    /// The random delay this delivery was held back by before it was sent (0 unless
+    /// delivery delays are on).
+    pub delay_ms: u64,
     pub body: Option<String>,
 }
 
@@ -227,6 +236,58 @@ impl DeliveryLog {
     }
 }
 
+/// `POST /_emu/delivery`: random delay and reordering of deliveries (§11 item 7:
+/// "optional random delay/reordering to test robustness"). Absent fields keep their
+/// current value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DeliverySpec {
+    pub delay_min_ms: Option<u64>,
+    pub delay_max_ms: Option<u64>,
+    pub reorder: Option<bool>,
+}
+
+/// The settings in force, switchable at run time; read by the worker once per hit.
+pub(crate) struct Chaos {
+    delay_min_ms: AtomicU64,
+    delay_max_ms: AtomicU64,
+    reorder: AtomicBool,
+}
+
+impl Chaos {
+    pub(crate) fn new(cfg: &DeliveryConfig) -> Self {
+        Chaos {
+            delay_min_ms: AtomicU64::new(cfg.delay_min_ms),
+            delay_max_ms: AtomicU64::new(cfg.delay_max_ms),
+            reorder: AtomicBool::new(cfg.reorder),
+        }
+    }
+
+    pub(crate) fn set(&self, spec: &DeliverySpec) {
+        if let Some(v) = spec.delay_min_ms {
+            self.delay_min_ms.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = spec.delay_max_ms {
+            self.delay_max_ms.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = spec.reorder {
+            self.reorder.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// (min, max, reorder); `max` is at least `min`.
+    fn get(&self) -> (u64, u64, bool) {
+        let min = self.delay_min_ms.load(Ordering::Relaxed);
+        let max = self.delay_max_ms.load(Ordering::Relaxed).max(min);
+        (min, max, self.reorder.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        let (min, max, reorder) = self.get();
+        serde_json::json!({"delay_min_ms": min, "delay_max_ms": max, "reorder": reorder})
+    }
+}
+
 /// Parsed handler URLs, so a busy handler's URL is not parsed again per delivery.
 struct UrlCache(HashMap<String, reqwest::Url>);
 
@@ -244,32 +305,70 @@ impl UrlCache {
     }
 }
 
-/// The delivery worker: receives each hit's jobs and sends each from its own task,
-/// at most `delivery.concurrency` at once, over one keep-alive client.
+/// The delivery worker: receives each hit's jobs, shuffles them and draws their
+/// delays when that is switched on, and sends each from its own task, at most
+/// `delivery.concurrency` at once, over one keep-alive client. Delays and shuffles
+/// come from the worker's own generator, seeded from `--seed`, so they are the same
+/// in every run that fires the same hits.
 pub(crate) async fn run_worker(
     shared: Arc<Shared>,
     mut rx: UnboundedReceiver<Vec<Job>>,
     client: reqwest::Client,
 ) {
     let sem = Arc::new(Semaphore::new(shared.cfg.delivery.concurrency.max(1)));
+    let mut rng = match shared.cfg.seed {
+        // A stream of its own: switching delays on must not change the farm's tokens.
+        Some(s) => StdRng::seed_from_u64(s ^ 0x6465_6c69_7665_7279),
+        None => {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            StdRng::seed_from_u64(u64::from_le_bytes(b))
+        }
+    };
     let mut urls = UrlCache(HashMap::new());
-    while let Some(jobs) = rx.recv().await {
+    while let Some(mut jobs) = rx.recv().await {
+        let (min, max, reorder) = shared.chaos.get();
+        if reorder {
+            jobs.shuffle(&mut rng);
+        }
         for job in jobs {
-            let url = urls.get(&job.url);
-            let (shared, client) = (shared.clone(), client.clone());
-            let Ok(permit) = sem.clone().acquire_owned().await else {
-                break;
+            let delay = if max > 0 {
+                rng.random_range(min..=max)
+            } else {
+                0
             };
-            tokio::spawn(async move {
-                deliver(&shared, &client, url, job).await;
-                drop(permit);
-            });
+            let url = urls.get(&job.url);
+            let (shared, client, sem) = (shared.clone(), client.clone(), sem.clone());
+            if delay > 0 {
+                // A held-back delivery does not occupy a concurrency slot while it waits.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    if let Ok(permit) = sem.acquire_owned().await {
+                        deliver(&shared, &client, url, job, delay).await;
+                        drop(permit);
+                    }
+                });
+            } else {
+                let Ok(permit) = sem.acquire_owned().await else {
+                    break;
+                };
+                tokio::spawn(async move {
+                    deliver(&shared, &client, url, job, 0).await;
+                    drop(permit);
+                });
+            }
         }
     }
 }
 
 /// Sends one job and logs the attempt.
-async fn deliver(shared: &Shared, client: &reqwest::Client, url: Option<reqwest::Url>, job: Job) {
+async fn deliver(
+    shared: &Shared,
+    client: &reqwest::Client,
+    url: Option<reqwest::Url>,
+    job: Job,
+    delay_ms: u64,
+) {
     let body = Bytes::from(job.encode());
     let timeout = Duration::from_millis(shared.cfg.delivery.timeout_ms);
     let started = Instant::now();
@@ -317,6 +416,7 @@ async fn deliver(shared: &Shared, client: &reqwest::Client, url: Option<reqwest:
             ok,
             error,
             latency_ms,
+            delay_ms,
             body,
         },
     );

@@ -1,6 +1,6 @@
 //! Events: the catalogue and firing (online jobs, the offline queue, ONOFFLINEEVENT),
-//! with the hit's de-duplication (§2.6). The jobs are sent by the worker in
-//! [`crate::delivery`].
+//! with the hit's de-duplication and the event-session loop protection (§2.6). The
+//! jobs are sent by the worker in [`crate::delivery`].
 
 use std::sync::Arc;
 
@@ -146,13 +146,14 @@ impl Farm {
     }
 
     /// The token part of a delivery's `auth` (§2.3): only when the event sends auth
-    /// and a user context exists.
+    /// and a user context exists. `session` is the event session the token carries.
     fn user_auth(
         &mut self,
         member_id: &str,
         client_id: &str,
         user_id: u64,
         def: &EventDef,
+        session: Option<u32>,
     ) -> Option<UserAuth> {
         if !def.send_auth || user_id == 0 {
             return None;
@@ -160,9 +161,12 @@ impl Farm {
         let now = self.now();
         let (access_token, refresh_token, expires) = if def.send_refresh {
             let (a, r, e) = self.issue_pair(member_id, client_id, user_id);
+            if let Some(t) = self.tokens.get_mut(&a) {
+                t.session = session;
+            }
             (a, Some(r), e)
         } else {
-            let (a, e) = self.event_token(member_id, client_id, user_id);
+            let (a, e) = self.event_token(member_id, client_id, user_id, session);
             (a, None, e)
         };
         Some(UserAuth {
@@ -174,14 +178,21 @@ impl Farm {
         })
     }
 
-    /// A still-valid access token for deliveries to (app, user), reused across events.
-    fn event_token(&mut self, member_id: &str, client_id: &str, user_id: u64) -> (String, i64) {
+    /// A still-valid access token for deliveries to (app, user) in an event session,
+    /// reused across events.
+    fn event_token(
+        &mut self,
+        member_id: &str,
+        client_id: &str,
+        user_id: u64,
+        session: Option<u32>,
+    ) -> (String, i64) {
         let now = self.now();
         let cached = self
             .portals
             .get(member_id)
             .and_then(|p| p.installs.get(client_id))
-            .and_then(|i| i.event_tokens.get(&user_id));
+            .and_then(|i| i.event_tokens.get(&(user_id, session)));
         if let Some(t) = cached
             && let Some(at) = self.tokens.get(t)
             && at.expires > now + 60
@@ -189,15 +200,38 @@ impl Farm {
             return (t.clone(), at.expires);
         }
         let t = self.issue_access(member_id, client_id, user_id);
-        let expires = self.tokens.get(&t).map_or(now, |at| at.expires);
+        let mut expires = now;
+        if let Some(at) = self.tokens.get_mut(&t) {
+            at.session = session;
+            expires = at.expires;
+        }
         if let Some(i) = self
             .portals
             .get_mut(member_id)
             .and_then(|p| p.installs.get_mut(client_id))
         {
-            i.event_tokens.insert(user_id, t.clone());
+            i.event_tokens.insert((user_id, session), t.clone());
         }
         (t, expires)
+    }
+
+    /// The event session of events fired in this hit (§2.6 loop protection, the
+    /// module's `Event\Session`): a hit made with an event's token fires events one
+    /// TTL lower; any other hit starts at `event_session_ttl`. `None` when the TTL ran
+    /// out: the hit fires nothing. `Some(None)` when loop protection is off.
+    fn event_session(&mut self) -> Option<Option<u32>> {
+        let ttl = self.cfg.event_session_ttl;
+        if ttl == 0 {
+            return Some(None);
+        }
+        match self.hit.session {
+            None => Some(Some(ttl)),
+            Some(t) if t > 1 => Some(Some(t - 1)),
+            Some(_) => {
+                self.stats.events_ttl_exceeded += 1;
+                None
+            }
+        }
     }
 
     fn push_job(
@@ -260,6 +294,9 @@ impl Farm {
         if targets.is_empty() {
             return;
         }
+        let Some(session) = self.event_session() else {
+            return;
+        };
         let mut notify: Vec<String> = Vec::new();
         let data_json = if self.cfg.dedup_within_hit {
             serde_json::to_string(&data).unwrap_or_default()
@@ -291,12 +328,12 @@ impl Farm {
                     continue;
                 }
                 let app = self.app_context(member_id, &client);
-                let user = self.user_auth(member_id, &client, uid, def);
+                let user = self.user_auth(member_id, &client, uid, def, session);
                 self.push_job(app, def.name, id, handler, data.clone(), user);
             }
         }
         for client in notify {
-            self.notify_offline(member_id, &client, user_id);
+            self.notify_offline(member_id, &client, user_id, session);
         }
     }
 
@@ -345,7 +382,13 @@ impl Farm {
     }
 
     /// ONOFFLINEEVENT to the app's online handlers, honouring `minTimeout` (§4.6).
-    fn notify_offline(&mut self, member_id: &str, client: &str, user_id: u64) {
+    fn notify_offline(
+        &mut self,
+        member_id: &str,
+        client: &str,
+        user_id: u64,
+        session: Option<u32>,
+    ) {
         let now = self.now_f();
         let mut send = Vec::new();
         let Some(p) = self.portals.get_mut(member_id) else {
@@ -370,7 +413,7 @@ impl Farm {
         for (id, handler, auth_type) in send {
             let uid = if auth_type > 0 { auth_type } else { user_id };
             let app = self.app_context(member_id, client);
-            let user = self.user_auth(member_id, client, uid, def);
+            let user = self.user_auth(member_id, client, uid, def, session);
             self.push_job(app, def.name, id, handler, json!([]), user);
         }
     }
@@ -402,10 +445,13 @@ impl Farm {
         if targets.is_empty() {
             return;
         }
+        let Some(session) = self.event_session() else {
+            return;
+        };
         for (id, handler, auth_type) in targets {
             let uid = if auth_type > 0 { auth_type } else { user_id };
             let app = self.app_context(member_id, client);
-            let user = self.user_auth(member_id, client, uid, def);
+            let user = self.user_auth(member_id, client, uid, def, session);
             self.push_job(app, def.name, id, handler, data.clone(), user);
         }
     }

@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 
 pub use clock::Clock;
 pub use config::{EmulatorConfig, UpdateEvent};
-pub use delivery::DeliveryRecord;
+pub use delivery::{DeliveryRecord, DeliverySpec};
 pub use ops::{
     AppSpec, ChangeInfo, ChangeSpec, ClockSpec, ConfirmSpec, FaultsSpec, InstallInfo, InstallSpec,
     LimitsSpec, PaymentSpec, PortalInfo, PortalSpec, RenameSpec, Shared, TokenInfo, UninstallSpec,
@@ -285,6 +285,11 @@ impl Emulator {
 
     pub fn deliveries(&self, member_id: &str) -> Result<Vec<DeliveryRecord>, EmuError> {
         self.shared.deliveries(member_id, 0)
+    }
+
+    /// Switches random delivery delay and reordering (`POST /_emu/delivery`).
+    pub fn set_delivery(&self, spec: DeliverySpec) -> Value {
+        self.shared.set_delivery(spec)
     }
 
     pub fn stats(&self) -> Value {

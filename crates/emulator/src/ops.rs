@@ -13,7 +13,7 @@ use crate::EmuError;
 use crate::clock::Clock;
 use crate::codec;
 use crate::config::{EmulatorConfig, UpdateEvent};
-use crate::delivery::{DeliveryLog, DeliveryRecord, Job};
+use crate::delivery::{Chaos, DeliveryLog, DeliveryRecord, DeliverySpec, Job};
 use crate::events::Initiator;
 use crate::state::{
     App, AppKind, Binding, Confirmation, Farm, FaultSpec, Hit, Install, OfflineQueue, Plan, Portal,
@@ -31,6 +31,7 @@ pub struct Shared {
     pub farm: Mutex<Farm>,
     pub(crate) jobs: UnboundedSender<Vec<Job>>,
     pub(crate) log: DeliveryLog,
+    pub(crate) chaos: Chaos,
 }
 
 impl Shared {
@@ -41,6 +42,7 @@ impl Shared {
     ) -> Self {
         Shared {
             log: DeliveryLog::new(cfg.delivery.log_capacity),
+            chaos: Chaos::new(&cfg.delivery),
             clock: Clock::default(),
             farm: Mutex::new(farm),
             jobs,
@@ -60,6 +62,7 @@ impl Shared {
         let mut g = self.farm.lock().unwrap_or_else(|e| e.into_inner());
         g.now_us = self.clock.now_us();
         std::mem::swap(&mut g.hit, hit);
+        g.run_agents();
         let out = f(&mut g);
         std::mem::swap(&mut g.hit, hit);
         let jobs = std::mem::take(&mut g.pending);
@@ -105,6 +108,17 @@ impl Shared {
             return Err(not_found("portal", member_id));
         }
         Ok(self.log.since(member_id, since))
+    }
+
+    /// Switches delivery delay and reordering; answers the settings in force.
+    pub fn set_delivery(&self, spec: DeliverySpec) -> Value {
+        self.chaos.set(&spec);
+        self.chaos.to_json()
+    }
+
+    /// The delivery delay and reordering settings in force.
+    pub fn delivery_settings(&self) -> Value {
+        self.chaos.to_json()
     }
 }
 

@@ -85,10 +85,11 @@ pub struct Install {
     /// Method confirmations keyed by (access token, method), reference §9.
     #[serde(skip)]
     pub confirmations: HashMap<(String, String), Confirmation>,
-    /// Access token reused for entity-event deliveries per user (issuing one per delivery
-    /// would grow the token table without bound at bench rates).
+    /// Access token reused for entity-event deliveries per (user, event session)
+    /// (issuing one per delivery would grow the token table without bound at bench
+    /// rates; the session is part of the key because the token carries it, §2.6).
     #[serde(skip)]
-    pub event_tokens: HashMap<u64, String>,
+    pub event_tokens: HashMap<(u64, Option<u32>), String>,
     /// What deliveries to this install share (see `Farm::app_context`).
     #[serde(skip)]
     pub(crate) context: Option<Arc<AppContext>>,
@@ -217,6 +218,9 @@ pub struct AccessToken {
     pub client_id: String,
     pub user_id: u64,
     pub expires: i64,
+    /// Event-session TTL of a token issued for an event delivery (§2.6 loop
+    /// protection); `None` for every other token.
+    pub session: Option<u32>,
 }
 
 /// A refresh token (single use, §7.4).
@@ -251,16 +255,23 @@ pub struct Stats {
     pub deliveries_queued: u64,
     pub faults_injected: u64,
     pub oauth_requests: u64,
+    /// Hits whose events were not fired because their event session's TTL ran out.
+    pub events_ttl_exceeded: u64,
+    /// Offline rows deleted by the purge agent for their age (§5.5).
+    pub offline_rows_purged: u64,
 }
 
 /// What belongs to one "hit" (one REST request, batch or control call): the
-/// portal's event buffer de-duplicates within it (§2.6).
+/// portal's event buffer de-duplicates within it and its event session decides the
+/// TTL of the events it fires (§2.6).
 #[derive(Debug, Default)]
 pub struct Hit {
     /// ONOFFLINEEVENT bindings already notified (minTimeout=0).
     pub(crate) notified: HashSet<u64>,
     /// (binding, user, data as JSON) of entity deliveries already produced.
     pub(crate) seen: HashSet<(u64, u64, String)>,
+    /// Event-session TTL of the token that made this hit's REST call.
+    pub(crate) session: Option<u32>,
 }
 
 /// The whole farm.
@@ -287,6 +298,8 @@ pub struct Farm {
     pub(crate) pending: Vec<Job>,
     /// The current hit.
     pub(crate) hit: Hit,
+    /// Farm time of the last run of the offline purge agent.
+    pub(crate) last_agent_us: Option<i64>,
 }
 
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -322,6 +335,7 @@ impl Farm {
             now_us: 0,
             pending: Vec::new(),
             hit: Hit::default(),
+            last_agent_us: None,
         }
     }
 
@@ -381,9 +395,41 @@ impl Farm {
                 client_id: client_id.to_string(),
                 user_id,
                 expires,
+                session: None,
             },
         );
         access
+    }
+
+    /// The portal's periodic agent, run at the start of a hit and at most once a
+    /// minute of farm time: offline rows whose TIMESTAMP_X is older than
+    /// `offline_row_lifetime_secs` are deleted, reserved or not (§5.5, §12 item 9).
+    pub(crate) fn run_agents(&mut self) {
+        let now = self.now_us;
+        if self
+            .last_agent_us
+            .is_some_and(|t| now >= t && now - t < 60_000_000)
+        {
+            return;
+        }
+        self.last_agent_us = Some(now);
+        let life = self.cfg.offline_row_lifetime_secs;
+        if life == 0 {
+            return;
+        }
+        let cutoff = now.saturating_sub((life as i64).saturating_mul(1_000_000));
+        let mut purged = 0;
+        for p in self.portals.values_mut() {
+            let q = &mut p.offline;
+            let before = q.rows.len();
+            q.rows.retain(|_, r| r.timestamp_us >= cutoff);
+            if q.rows.len() != before {
+                purged += before - q.rows.len();
+                let rows = &q.rows;
+                q.unreserved.retain(|_, id| rows.contains_key(id));
+            }
+        }
+        self.stats.offline_rows_purged += purged as u64;
     }
 
     /// Revokes every token of (portal, app): uninstall, §7.7.

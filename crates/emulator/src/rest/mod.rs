@@ -591,7 +591,7 @@ fn authenticate(
         .get(&t.client_id)
         .map(|a| a.scopes.clone())
         .unwrap_or_default();
-    Ok(Ctx {
+    let ctx = Ctx {
         member_id: member.to_string(),
         actor: Actor::App {
             client_id: t.client_id.clone(),
@@ -601,7 +601,10 @@ fn authenticate(
         is_admin: p.admins.contains(&t.user_id),
         scopes,
         connector: String::new(),
-    })
+    };
+    // A call made with an event's token continues that event session (§2.6).
+    farm.hit.session = t.session;
+    Ok(ctx)
 }
 
 /// PHP arrays: an empty map is `[]`, a map with keys "0".."n-1" in order is a list.

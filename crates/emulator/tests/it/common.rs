@@ -252,6 +252,15 @@ pub async fn ok(endpoint: &str, token: &str, method: &str, params: Value) -> Val
     v["result"].clone()
 }
 
+/// Binds an online handler with the setup's token (asserts success).
+pub async fn bind(s: &Setup, event: &str, handler: &str) {
+    let p = json!({"event": event, "handler": handler});
+    assert_eq!(
+        ok(&s.endpoint, &s.token, "event.bind", p).await,
+        json!(true)
+    );
+}
+
 /// POSTs to the control API.
 pub async fn control(emu: &Emulator, path: &str, body: Value) -> (u16, Value) {
     let r = http()

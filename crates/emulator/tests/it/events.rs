@@ -345,3 +345,101 @@ async fn identical_deliveries_within_one_batch_are_sent_once() {
     assert_eq!(queued(&emu) - before, 2, "a new hit delivers again");
     rx.wait("/u", 2).await;
 }
+
+#[tokio::test]
+async fn identical_deliveries_are_sent_once_per_handler_and_dedup_can_be_switched_off() {
+    for (dedup, each) in [(true, 1), (false, 2)] {
+        let emu = emu_with(b24emu::EmulatorConfig {
+            seed: Some(7),
+            dedup_within_hit: dedup,
+            ..Default::default()
+        })
+        .await;
+        let rx = Receiver::start().await;
+        let s = setup(&emu, "dedup2", crm_app(), PortalSpec::default());
+        for path in ["/a", "/b"] {
+            bind(&s, "ONCRMDEALUPDATE", &rx.url(path)).await;
+        }
+        let id = ok(&s.endpoint, &s.token, "crm.deal.add", json!({})).await;
+        let cmd = json!([
+            format!("crm.deal.update?id={id}&fields[TITLE]=1"),
+            format!("crm.deal.update?id={id}&fields[TITLE]=2"),
+        ]);
+        ok(&s.endpoint, &s.token, "batch", json!({"cmd": cmd})).await;
+        settle(&emu).await;
+        for path in ["/a", "/b"] {
+            let n = rx.hits().iter().filter(|h| h.path == path).count();
+            assert_eq!(n, each, "dedup_within_hit={dedup}: deliveries to {path}");
+        }
+    }
+}
+
+/// Plays the handler of an event loop: every ONCRMDEALUPDATE it receives makes it
+/// update the deal again with the event's own token. Returns how many generations
+/// of events were delivered before a write fired nothing (at most `max`), and the
+/// tokens the generations carried.
+async fn event_loop_generations(emu: &b24emu::Emulator, max: usize) -> (usize, Vec<String>) {
+    let rx = Receiver::start().await;
+    let s = setup(emu, "loop", crm_app(), PortalSpec::default());
+    bind(&s, "ONCRMDEALUPDATE", &rx.url("/u")).await;
+    let id = ok(&s.endpoint, &s.token, "crm.deal.add", json!({})).await;
+    let mut token = s.token.clone();
+    let mut seen = Vec::new();
+    for generation in 0..max {
+        let before = queued(emu);
+        let fields = json!({"TITLE": generation.to_string()});
+        ok(
+            &s.endpoint,
+            &token,
+            "crm.deal.update",
+            json!({"id": id, "fields": fields}),
+        )
+        .await;
+        // Deliveries are queued before the call answers: none queued = none fired.
+        if queued(emu) == before {
+            settle(emu).await;
+            assert_eq!(rx.hits().len(), generation, "nothing arrives afterwards");
+            // A call with an ordinary token starts a new event session.
+            let fresh = json!({"id": id, "fields": {"TITLE": "fresh"}});
+            ok(&s.endpoint, &s.token, "crm.deal.update", fresh).await;
+            assert_eq!(queued(emu), before + 1);
+            return (generation, seen);
+        }
+        let hit = rx.wait("/u", generation + 1).await.remove(generation);
+        token = hit.form()["auth[access_token]"].clone();
+        seen.push(token.clone());
+    }
+    (max, seen)
+}
+
+#[tokio::test]
+async fn event_loops_stop_after_seven_generations() {
+    let emu = emu().await;
+    let (generations, mut tokens) = event_loop_generations(&emu, 20).await;
+    assert_eq!(generations, 7);
+    assert_eq!(emu.stats()["events_ttl_exceeded"], 1);
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(
+        tokens.len(),
+        7,
+        "each generation's token carries its own TTL"
+    );
+}
+
+#[tokio::test]
+async fn the_event_loop_ttl_is_configurable_and_0_switches_it_off() {
+    for (ttl, generations) in [(2, 2), (0, 12)] {
+        let emu = emu_with(b24emu::EmulatorConfig {
+            seed: Some(7),
+            event_session_ttl: ttl,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            event_loop_generations(&emu, 12).await.0,
+            generations,
+            "event_session_ttl={ttl}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Integration tests of b24emu, all through real HTTP on 127.0.0.1.
 
 mod common;
+mod delivery;
 mod events;
 mod faults;
 mod lifecycle;

@@ -379,3 +379,89 @@ async fn onofflineevent_honours_min_timeout() {
     .unwrap();
     rx.wait("/n", 2).await;
 }
+
+/// A new access token for the installing admin (the install's has expired after a
+/// clock jump of days).
+async fn fresh_token(emu: &b24emu::Emulator, s: &Setup) -> String {
+    let path = format!("/portals/{}/tokens", s.member_id);
+    let (st, v) = control(emu, &path, json!({"client_id": s.client_id})).await;
+    assert_eq!(st, 200, "{v}");
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn rows_older_than_34_days_are_purged_reserved_or_not() {
+    let emu = emu().await;
+    let s = offline_setup(&emu, "purge").await;
+    let (st, _) = control(&emu, "/clock", json!({"freeze": true})).await;
+    assert_eq!(st, 200);
+    let changes = format!("/portals/{}/changes", s.member_id);
+    control(&emu, &changes, json!({"count": 2, "user_id": 1})).await;
+    let reserved = ok(
+        &s.endpoint,
+        &s.token,
+        "event.offline.get",
+        json!({"clear": 0, "limit": 1}),
+    )
+    .await;
+    let pid = reserved["process_id"].as_str().unwrap().to_string();
+    assert_eq!(ids(&reserved), vec!["1"]);
+    control(&emu, "/clock", json!({"advance_secs": 30 * 86_400})).await;
+    control(&emu, &changes, json!({"count": 1, "user_id": 1})).await;
+    let token = fresh_token(&emu, &s).await;
+    let list = ok(&s.endpoint, &token, "event.offline.list", json!({})).await;
+    assert_eq!(list.as_array().unwrap().len(), 3, "30 days: all kept");
+
+    // 2,952,000 s (PROCESS_ID_LIFETIME) after the first two rows were written.
+    control(
+        &emu,
+        "/clock",
+        json!({"advance_secs": 2_952_001 - 30 * 86_400}),
+    )
+    .await;
+    let token = fresh_token(&emu, &s).await;
+    let list = ok(&s.endpoint, &token, "event.offline.list", json!({})).await;
+    let left: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        vec!["3"],
+        "the reserved row 1 and the free row 2 are gone"
+    );
+    let again = ok(
+        &s.endpoint,
+        &token,
+        "event.offline.get",
+        json!({"clear": 0, "process_id": pid}),
+    )
+    .await;
+    assert_eq!(ids(&again), Vec::<String>::new());
+    let state = control_get(&emu, &format!("/portals/{}", s.member_id)).await;
+    assert_eq!(
+        state["apps"][0]["offline_queue"],
+        json!({"size": 1, "reserved": 0, "errors": 0})
+    );
+    assert_eq!(control_get(&emu, "/stats").await["offline_rows_purged"], 2);
+}
+
+#[tokio::test]
+async fn the_offline_row_lifetime_is_configurable_and_0_keeps_rows() {
+    let emu = emu_with(b24emu::EmulatorConfig {
+        seed: Some(7),
+        offline_row_lifetime_secs: 0,
+        ..Default::default()
+    })
+    .await;
+    let s = offline_setup(&emu, "keep").await;
+    control(&emu, "/clock", json!({"freeze": true})).await;
+    let changes = format!("/portals/{}/changes", s.member_id);
+    control(&emu, &changes, json!({"count": 2, "user_id": 1})).await;
+    control(&emu, "/clock", json!({"advance_secs": 400 * 86_400})).await;
+    let token = fresh_token(&emu, &s).await;
+    let list = ok(&s.endpoint, &token, "event.offline.list", json!({})).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}
