@@ -52,10 +52,23 @@ async fn index(State(s): State<AppState>) -> Response {
     ))
 }
 
+/// `POST /_emu/apps` body: an [`ops::AppSpec`] plus the redirect URI.
+#[derive(serde::Deserialize)]
+struct NewApp {
+    #[serde(flatten)]
+    spec: ops::AppSpec,
+    #[serde(default)]
+    redirect_uri: String,
+}
+
 async fn create_app(State(s): State<AppState>, body: Bytes) -> Response {
-    reply(
-        parse::<ops::AppSpec>(&body).and_then(|spec| s.with(|f| f.create_app(spec)).map(to_value)),
-    )
+    reply(parse::<NewApp>(&body).and_then(|a| {
+        s.with(|f| {
+            let app = f.create_app(a.spec)?;
+            f.set_redirect_uri(&app.client_id, &a.redirect_uri)
+        })
+        .map(to_value)
+    }))
 }
 
 async fn list_apps(State(s): State<AppState>) -> Response {

@@ -219,6 +219,11 @@ impl Emulator {
         self.shared.with(|f| f.create_app(spec))
     }
 
+    /// Registers the redirect URI of the app's full OAuth flow (`/oauth/authorize/`).
+    pub fn set_redirect_uri(&self, client_id: &str, uri: &str) -> Result<App, EmuError> {
+        self.shared.with(|f| f.set_redirect_uri(client_id, uri))
+    }
+
     pub fn create_portal(&self, spec: PortalSpec) -> Result<PortalInfo, EmuError> {
         self.shared.with(|f| f.create_portal(spec))
     }

@@ -1,11 +1,90 @@
 //! The OAuth server (stands in for oauth.bitrix.info, reference §7): `/oauth/token/`
-//! and its own `/rest/app.info` (§5.12, OAuth-server variant).
+//! and its own `/rest/app.info` (§5.12, OAuth-server variant); and the portal's side
+//! of the full flow, `/oauth/authorize/` (§7.1).
 
 use serde_json::{Map, Value, json};
 
+use crate::EmuError;
 use crate::clock::iso8601;
-use crate::codec::{param, scalar_str};
+use crate::codec::{self, param, scalar_str};
+use crate::ops::InstallSpec;
 use crate::state::Farm;
+
+/// What the portal's `/oauth/authorize/` answers.
+pub enum Authorize {
+    /// 302 to this URL: the app's redirect URI with the code.
+    Redirect(String),
+    /// 200 with the code on the page: the app has no redirect URI ([D-EN]
+    /// settings/oauth: "the code will be displayed to the user directly on the page").
+    Code(String),
+    /// Status and JSON error body.
+    Error(u16, Value),
+}
+
+/// `GET {portal}/oauth/authorize/?client_id=…&state=…` (§7.1). The user (query
+/// `user_id`, an emulator extra; default the installing admin) counts as signed in
+/// and consenting. The code is the one of the `authorization_code` grant (30 s).
+pub fn authorize(farm: &mut Farm, member_id: &str, p: &Map<String, Value>) -> Authorize {
+    let get = |k: &str| param(p, k).and_then(scalar_str);
+    let client_id = get("client_id").unwrap_or_default();
+    if client_id.is_empty() {
+        let (s, v) = err(400, "invalid_request", "client_id is required");
+        return Authorize::Error(s, v);
+    }
+    if farm.portals.get(member_id).is_some_and(|p| p.deleted) {
+        let (s, v) = err(
+            farm.cfg.statuses.portal_deleted,
+            "PORTAL_DELETED",
+            "Portal was deleted",
+        );
+        return Authorize::Error(s, v);
+    }
+    let spec = InstallSpec {
+        client_id: client_id.clone(),
+        user_id: get("user_id").and_then(|u| u.parse().ok()),
+        status: None,
+    };
+    let code = match farm.auth_code(member_id, spec) {
+        Ok(c) => c,
+        Err(EmuError::Invalid(e)) => {
+            let (s, v) = err(400, "invalid_request", &e);
+            return Authorize::Error(s, v);
+        }
+        // The real portal shows an error page when the app is not installed there.
+        Err(_) => {
+            let (s, v) = err(404, "NOT_INSTALLED", "Application not installed");
+            return Authorize::Error(s, v);
+        }
+    };
+    let app = &farm.apps[&client_id];
+    if app.redirect_uri.is_empty() {
+        return Authorize::Code(code);
+    }
+    let portal = &farm.portals[member_id];
+    let mut q = format!("code={code}");
+    if let Some(state) = get("state") {
+        q.push_str("&state=");
+        q.push_str(&codec::urlencode(&state));
+    }
+    for (k, v) in [
+        ("domain", portal.domain.as_str()),
+        ("member_id", member_id),
+        // Comma-separated, so `%2C` on the wire (§7.1).
+        ("scope", &app.scopes.join(",")),
+        ("server_domain", &farm.urls.oauth_host),
+    ] {
+        q.push('&');
+        q.push_str(k);
+        q.push('=');
+        q.push_str(&codec::urlencode(v));
+    }
+    let sep = if app.redirect_uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    Authorize::Redirect(format!("{}{sep}{q}", app.redirect_uri))
+}
 
 fn err(status: u16, code: &str, description: &str) -> (u16, Value) {
     (

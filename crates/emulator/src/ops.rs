@@ -441,6 +441,7 @@ impl Farm {
             scopes,
             version: spec.version.unwrap_or(1),
             install_url: spec.install_url,
+            redirect_uri: String::new(),
             installer: spec.installer,
             kind: spec.kind,
             update_event: spec.update_event.unwrap_or(self.cfg.default_update_event),
@@ -448,6 +449,17 @@ impl Farm {
         self.next_app_id += 1;
         self.apps.insert(client_id, app.clone());
         Ok(app)
+    }
+
+    /// Registers the redirect URI of an app's full OAuth flow (`/oauth/authorize/`);
+    /// empty = none (the code is shown on the page).
+    pub fn set_redirect_uri(&mut self, client_id: &str, uri: &str) -> Result<App, EmuError> {
+        let app = self
+            .apps
+            .get_mut(client_id)
+            .ok_or_else(|| not_found("app", client_id))?;
+        app.redirect_uri = uri.to_string();
+        Ok(app.clone())
     }
 
     fn rng_u32(&mut self) -> u32 {

@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -139,6 +139,49 @@ async fn rest_by_host(
     rest_common(&s, Route::Host(h), tail, uri, headers, body).await
 }
 
+/// The portal's `/oauth/authorize/` (§7.1), in path or Host routing.
+async fn authorize_common(shared: &Shared, route: Route, uri: Uri) -> Response {
+    use crate::oauth::Authorize;
+    let params = codec::decode_form(uri.query().unwrap_or("").as_bytes());
+    let pq = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let answer = shared.with(|f| match rest::resolve(f, &route, &pq) {
+        Ok(rest::Resolved::Portal(m)) => crate::oauth::authorize(f, &m, &params),
+        Ok(rest::Resolved::Moved(to)) => Authorize::Redirect(to),
+        Err(e) => Authorize::Error(e.status, e.to_json()),
+    });
+    match answer {
+        Authorize::Redirect(to) => Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, to)
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        Authorize::Code(code) => Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Body::from(format!(
+                "<!doctype html><title>Authorization code</title>\n\
+                 <p>Authorization code: <code id=\"code\">{code}</code></p>\n"
+            )))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        Authorize::Error(status, v) => json_response(status, v.to_string()),
+    }
+}
+
+async fn authorize_by_name(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Response {
+    authorize_common(&s, Route::Name(name.to_ascii_lowercase()), uri).await
+}
+
+async fn authorize_by_host(State(s): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    let h = host(&headers, &uri);
+    authorize_common(&s, Route::Host(h), uri).await
+}
+
 async fn not_found() -> Response {
     json_response(
         404,
@@ -151,6 +194,10 @@ pub(crate) fn portal_router(shared: AppState) -> Router {
     Router::new()
         .route("/p/{name}/rest/{*tail}", any(rest_by_name))
         .route("/rest/{*tail}", any(rest_by_host))
+        .route("/p/{name}/oauth/authorize/", get(authorize_by_name))
+        .route("/p/{name}/oauth/authorize", get(authorize_by_name))
+        .route("/oauth/authorize/", get(authorize_by_host))
+        .route("/oauth/authorize", get(authorize_by_host))
         .nest("/_emu", crate::control::router())
         .fallback(not_found)
         .with_state(shared)

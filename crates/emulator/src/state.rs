@@ -53,6 +53,9 @@ pub struct App {
     pub scopes: Vec<String>,
     pub version: u32,
     pub install_url: String,
+    /// Where the portal's `/oauth/authorize/` sends the user with a code (§7.1); empty:
+    /// the code is shown on the page instead, as for apps registered without one.
+    pub redirect_uri: String,
     /// Has an installer page (flow B) rather than an install callback (flow A).
     pub installer: bool,
     pub kind: AppKind,

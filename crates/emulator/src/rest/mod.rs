@@ -202,12 +202,18 @@ impl RestResponse {
     }
 }
 
-enum Resolved {
+pub(crate) enum Resolved {
     Portal(String),
+    /// Renamed: the same path and query on the new base.
     Moved(String),
 }
 
-fn resolve(farm: &Farm, route: &Route, path_and_query: &str) -> Result<Resolved, RestError> {
+/// Finds the portal a request is for (`Route`), or where it moved to.
+pub(crate) fn resolve(
+    farm: &Farm,
+    route: &Route,
+    path_and_query: &str,
+) -> Result<Resolved, RestError> {
     let not_found = || RestError::new(404, "NOT_FOUND", "Portal not found");
     match route {
         Route::Name(n) => {

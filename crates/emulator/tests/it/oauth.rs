@@ -215,3 +215,162 @@ async fn access_tokens_expire_on_the_farm_clock() {
         "1"
     );
 }
+
+/// `GET url` without following redirects: (status, Location, body).
+async fn get_raw(url: &str, host: Option<&str>) -> (u16, String, String) {
+    let mut req = http().get(url);
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let r = req.send().await.unwrap();
+    let loc = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (r.status().as_u16(), loc, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn authorize_redirects_to_the_redirect_uri_with_a_code_for_the_token_endpoint() {
+    let emu = emu().await;
+    let s = setup(&emu, "authz", crm_app(), PortalSpec::default());
+    let (st, app) = control(
+        &emu,
+        "/apps",
+        json!({"client_id": "local.other.1", "redirect_uri": "https://app.example.com/cb?x=1"}),
+    )
+    .await;
+    assert_eq!(
+        (st, app["redirect_uri"].as_str()),
+        (200, Some("https://app.example.com/cb?x=1"))
+    );
+    emu.set_redirect_uri(&s.client_id, "https://app.example.com/oauth/done")
+        .unwrap();
+    let portal = control_get(&emu, &format!("/portals/{}", s.member_id)).await;
+    let base = portal["base_url"].as_str().unwrap();
+    let url = format!(
+        "{base}/oauth/authorize/?client_id={}&state=s+1%26x",
+        s.client_id
+    );
+    let (st, loc, _) = get_raw(&url, None).await;
+    assert_eq!(st, 302);
+    let (target, query) = loc.split_once('?').unwrap();
+    assert_eq!(target, "https://app.example.com/oauth/done");
+    assert!(query.contains("&scope=crm%2Cplacement%2Cuser&"), "{query}");
+    let q = flat(query);
+    assert_eq!(
+        keys(&json!(q)),
+        sorted(&[
+            "code",
+            "domain",
+            "member_id",
+            "scope",
+            "server_domain",
+            "state"
+        ])
+    );
+    assert_eq!(q["state"], "s 1&x");
+    assert_eq!(q["domain"], portal["domain"].as_str().unwrap());
+    assert_eq!(q["member_id"], s.member_id);
+    assert_eq!(q["scope"], "crm,placement,user");
+    assert_eq!(
+        q["server_domain"],
+        emu.oauth_url().trim_start_matches("http://")
+    );
+    assert!(is_hex(&q["code"], 70));
+
+    let grant = |code: &str| {
+        format!(
+            "grant_type=authorization_code&client_id={}&client_secret={}&code={code}",
+            s.client_id, s.client_secret
+        )
+    };
+    let (st, t) = token_get(&emu, &grant(&q["code"])).await;
+    assert_eq!(
+        (st, t["member_id"].as_str()),
+        (200, Some(s.member_id.as_str()))
+    );
+    assert_eq!(t["user_id"], 1, "the installing admin by default");
+    let me = ok(
+        &s.endpoint,
+        t["access_token"].as_str().unwrap(),
+        "profile",
+        json!({}),
+    )
+    .await;
+    assert_eq!(me["ID"], "1");
+    assert_eq!(
+        token_get(&emu, &grant(&q["code"])).await.1["error"],
+        "invalid_grant"
+    );
+
+    // Host routing, another user, and a redirect URI that already has a query.
+    let http_base = emu.http_url();
+    let url = format!(
+        "{http_base}/oauth/authorize/?client_id={}&user_id=2",
+        s.client_id
+    );
+    let domain = portal["domain"].as_str().unwrap();
+    let (st, loc, _) = get_raw(&url, Some(domain)).await;
+    assert_eq!(st, 302);
+    let q = flat(loc.split_once('?').unwrap().1);
+    assert!(!q.contains_key("state"), "no state asked, none given back");
+    assert_eq!(token_get(&emu, &grant(&q["code"])).await.1["user_id"], 2);
+    emu.set_redirect_uri(&s.client_id, "https://app.example.com/cb?x=1")
+        .unwrap();
+    let (_, loc, _) = get_raw(
+        &format!("{base}/oauth/authorize?client_id={}", s.client_id),
+        None,
+    )
+    .await;
+    assert!(
+        loc.starts_with("https://app.example.com/cb?x=1&code="),
+        "{loc}"
+    );
+}
+
+#[tokio::test]
+async fn authorize_without_a_redirect_uri_shows_the_code_and_refuses_apps_not_installed() {
+    let emu = emu().await;
+    let s = setup(&emu, "authz2", crm_app(), PortalSpec::default());
+    let portal = control_get(&emu, &format!("/portals/{}", s.member_id)).await;
+    let base = portal["base_url"].as_str().unwrap();
+    let (st, _, page) = get_raw(
+        &format!("{base}/oauth/authorize/?client_id={}", s.client_id),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let code = page
+        .split("<code id=\"code\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap();
+    let q = format!(
+        "grant_type=authorization_code&client_id={}&client_secret={}&code={code}",
+        s.client_id, s.client_secret
+    );
+    assert_eq!(token_get(&emu, &q).await.0, 200, "the shown code works");
+
+    control(&emu, "/apps", json!({"client_id": "local.elsewhere.1"})).await;
+    for (query, status, error) in [
+        ("client_id=local.elsewhere.1", 404, "NOT_INSTALLED"),
+        ("client_id=local.nobody.1", 404, "NOT_INSTALLED"),
+        ("state=x", 400, "invalid_request"),
+    ] {
+        let (st, _, body) = get_raw(&format!("{base}/oauth/authorize/?{query}"), None).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((st, v["error"].as_str()), (status, Some(error)), "{query}");
+    }
+    let (st, _, _) = get_raw(
+        &format!(
+            "{}/p/nosuch/oauth/authorize/?client_id={}",
+            emu.http_url(),
+            s.client_id
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+}
