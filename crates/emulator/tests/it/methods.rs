@@ -555,3 +555,31 @@ async fn batch_references_halt_limits_and_empty_maps() {
         "x y"
     );
 }
+
+#[tokio::test]
+async fn deal_list_walks_by_id_from_the_filters_floor_and_still_sorts_other_fields() {
+    let emu = emu().await;
+    let s = setup(&emu, "keyset", crm_app(), PortalSpec::default());
+    let path = format!("/portals/{}/changes", s.member_id);
+    control(&emu, &path, json!({"count": 120, "user_id": 1})).await;
+    let list = |p: Value| {
+        let (e, t) = (s.endpoint.clone(), s.token.clone());
+        async move { call(&e, &t, "crm.deal.list", p).await.1 }
+    };
+    let ids = |v: &Value| -> Vec<u64> {
+        v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["ID"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let v = list(json!({"start": -1, "order": {"ID": "DESC"}, "filter": {">=ID": "100.5"}})).await;
+    assert_eq!(ids(&v), (101..=120).rev().collect::<Vec<_>>());
+    let v = list(json!({"filter": {">ID": 118, "<ID": 120}, "order": {"id": "asc"}})).await;
+    assert_eq!((ids(&v), v["total"].as_u64()), (vec![119], Some(1)));
+    let v = list(json!({"filter": {">ID": 200}})).await;
+    assert_eq!((ids(&v), v["total"].as_u64()), (vec![], Some(0)));
+    let v = list(json!({"order": {"TITLE": "DESC"}, "select": ["TITLE"]})).await;
+    assert_eq!(v["result"][0], json!({"ID": "99", "TITLE": "Deal #99"}));
+}
