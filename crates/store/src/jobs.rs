@@ -97,28 +97,43 @@ pub struct JobFilter<'a> {
 const JOB_COLUMNS: &str = "id, kind, member_id, serial_key, unique_key, payload, state, attempt, \
     max_attempts, run_at, locked_by, locked_until, last_error, created_at, finalized_at";
 
+/// A due job of one state (`$state`, a SQL literal) whose serial key, if
+/// any, has no running job and no earlier waiting one. One state per scan,
+/// so the `(state, run_at, id)` index yields candidates in claim order and
+/// the scan stops at the limit instead of sorting every due job.
 macro_rules! claimable {
-    () => {
-        "j.state IN ('available', 'retryable') AND j.run_at <= $3 \
-         AND (j.serial_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs o \
-              WHERE o.serial_key = j.serial_key AND o.id <> j.id \
-              AND (o.state = 'running' OR (o.state IN ('available', 'retryable') AND o.id < j.id))))"
+    ($state:literal) => {
+        concat!(
+            "SELECT j.id, j.run_at FROM jobs j WHERE j.state = '",
+            $state,
+            "' AND j.run_at <= $3 \
+             AND (j.serial_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs o \
+                  WHERE o.serial_key = j.serial_key AND o.id <> j.id \
+                  AND (o.state = 'running' OR (o.state IN ('available', 'retryable') AND o.id < j.id)))) \
+             ORDER BY j.run_at, j.id LIMIT $4"
+        )
     };
 }
 
 const CLAIM_SQLITE: &str = concat!(
     "UPDATE jobs SET state = 'running', attempt = attempt + 1, locked_by = $1, locked_until = $2 \
-     WHERE id IN (SELECT j.id FROM jobs j WHERE ",
-    claimable!(),
-    " ORDER BY j.run_at, j.id LIMIT $4) \
+     WHERE id IN (SELECT id FROM (SELECT * FROM (",
+    claimable!("available"),
+    ") UNION ALL SELECT * FROM (",
+    claimable!("retryable"),
+    ")) ORDER BY run_at, id LIMIT $4) \
      RETURNING id, kind, member_id, serial_key, unique_key, payload, state, attempt, \
      max_attempts, run_at, locked_by, locked_until, last_error, created_at, finalized_at"
 );
 
 const CLAIM_POSTGRES: &str = concat!(
-    "WITH picked AS (SELECT j.id FROM jobs j WHERE ",
-    claimable!(),
-    " ORDER BY j.run_at, j.id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+    "WITH a AS (",
+    claimable!("available"),
+    " FOR UPDATE SKIP LOCKED), r AS (",
+    claimable!("retryable"),
+    " FOR UPDATE SKIP LOCKED), \
+     picked AS (SELECT id FROM (SELECT id, run_at FROM a UNION ALL SELECT id, run_at FROM r) u \
+     ORDER BY run_at, id LIMIT $4) \
      UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, locked_by = $1, locked_until = $2 \
      FROM picked WHERE jobs.id = picked.id \
      RETURNING jobs.id, jobs.kind, jobs.member_id, jobs.serial_key, jobs.unique_key, jobs.payload, \

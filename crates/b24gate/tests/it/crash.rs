@@ -14,20 +14,21 @@ use store::{Keyring, OpenOptions, PortalStatus, Store};
 
 use crate::harness::{Receiver, TARGET_SECRET, seeded};
 
-const MASTER_KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";
+pub(crate) const MASTER_KEY: &str =
+    "4242424242424242424242424242424242424242424242424242424242424242";
 
 /// One `b24gate serve` child process, restartable on the same port and
 /// database.
-struct Gate {
-    dir: tempfile::TempDir,
-    port: u16,
-    client_secret: String,
-    child: Option<Child>,
-    starts: u32,
+pub(crate) struct Gate {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) port: u16,
+    pub(crate) client_secret: String,
+    pub(crate) child: Option<Child>,
+    pub(crate) starts: u32,
 }
 
 impl Gate {
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,7 +50,7 @@ impl Gate {
 
     /// Starts the process and waits for `/healthz`; a port still held by the
     /// killed process's last connections is retried.
-    async fn start(&mut self) {
+    pub(crate) async fn start(&mut self) {
         let http = reqwest::Client::new();
         for _ in 0..5 {
             self.spawn();
@@ -72,7 +73,7 @@ impl Gate {
         panic!("the gateway did not start: {}", self.log());
     }
 
-    fn sigkill(&mut self) {
+    pub(crate) fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let pid = c.id().to_string();
             let ok = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
@@ -81,7 +82,7 @@ impl Gate {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let pid = c.id().to_string();
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -89,7 +90,7 @@ impl Gate {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("gate.log")).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -102,7 +103,7 @@ impl Drop for Gate {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -110,7 +111,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn change(action: &str, count: u64) -> ChangeSpec {
+pub(crate) fn change(action: &str, count: u64) -> ChangeSpec {
     ChangeSpec {
         entity: "deal".into(),
         action: action.into(),
@@ -122,13 +123,13 @@ fn change(action: &str, count: u64) -> ChangeSpec {
 
 /// The database of one run: a SQLite file in the gateway's directory, or a
 /// PostgreSQL schema of its own (dropped at the end).
-enum Db {
+pub(crate) enum Db {
     Sqlite,
     Postgres { base: String, schema: String },
 }
 
 impl Db {
-    async fn postgres() -> Db {
+    pub(crate) async fn postgres() -> Db {
         let base = std::env::var("B24GATE_TEST_PG_URL")
             .expect("B24GATE_TEST_PG_URL must name a PostgreSQL database (.ci/run sets it)");
         let mut b = [0u8; 6];
@@ -146,7 +147,7 @@ impl Db {
         Db::Postgres { base, schema }
     }
 
-    fn url(&self, dir: &std::path::Path) -> String {
+    pub(crate) fn url(&self, dir: &std::path::Path) -> String {
         match self {
             Db::Sqlite => format!("sqlite://{}", dir.join("gate.db").display()),
             Db::Postgres { base, schema } => {
@@ -156,7 +157,7 @@ impl Db {
         }
     }
 
-    async fn drop_schema(&self) {
+    pub(crate) async fn drop_schema(&self) {
         if let Db::Postgres { base, schema } = self {
             let admin = sqlx::PgPool::connect(base).await.unwrap();
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
@@ -172,7 +173,7 @@ fn getrandom_fill(b: &mut [u8]) {
     rng.fill(b);
 }
 
-async fn until<F, Fut>(gate: &Gate, what: &str, within: Duration, mut cond: F)
+pub(crate) async fn until<F, Fut>(gate: &Gate, what: &str, within: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -189,7 +190,7 @@ where
 }
 
 /// `member:deal id` → the webhook ids it reached the app under.
-fn at_app(r: &Receiver, event: &str) -> BTreeMap<String, BTreeSet<String>> {
+pub(crate) fn at_app(r: &Receiver, event: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (id, e) in r.events.lock().unwrap().iter() {
         if e["event"] == event {
@@ -205,7 +206,7 @@ fn at_app(r: &Receiver, event: &str) -> BTreeMap<String, BTreeSet<String>> {
 }
 
 /// Deal ids the gateway acknowledged (200) for `event`, per the emulator.
-fn acknowledged(emu: &Emulator, members: &[String], event: &str) -> BTreeSet<String> {
+pub(crate) fn acknowledged(emu: &Emulator, members: &[String], event: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for m in members {
         for d in emu.deliveries(m).unwrap() {
@@ -225,7 +226,7 @@ fn acknowledged(emu: &Emulator, members: &[String], event: &str) -> BTreeSet<Str
 
 /// Every event reached the app under exactly one `webhook-id`: an event
 /// forwarded twice (its job re-run after the crash) kept its id.
-fn one_webhook_id_each(seen: &BTreeMap<String, BTreeSet<String>>) {
+pub(crate) fn one_webhook_id_each(seen: &BTreeMap<String, BTreeSet<String>>) {
     for (event, ids) in seen {
         assert_eq!(
             ids.len(),

@@ -8,3 +8,4 @@ mod lifecycle;
 mod metrics;
 mod operations;
 mod runtime;
+mod scale;
