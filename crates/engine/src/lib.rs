@@ -91,6 +91,10 @@ pub struct EngineOptions {
     pub dispatch_every: Duration,
     /// Timeout of one forward attempt.
     pub forward_timeout: Duration,
+    /// Retry delays of install, update and reconcile jobs (the number of
+    /// attempts stays that of [`retry::RetrySchedule::lifecycle`], which
+    /// the jobs are enqueued with). Tests shrink the delays.
+    pub lifecycle_schedule: retry::RetrySchedule,
     /// Retry schedule of forwards (and of the in-process handler).
     pub forward_schedule: retry::RetrySchedule,
     /// How often due purges, stale installs and old jobs are handled.
@@ -111,6 +115,7 @@ impl Default for EngineOptions {
             dispatch_every: Duration::from_millis(100),
             forward_timeout: Duration::from_secs(15),
             forward_schedule: retry::RetrySchedule::forwarding(),
+            lifecycle_schedule: retry::RetrySchedule::lifecycle(),
             housekeeping_every: Duration::from_secs(30),
             keep_completed: Duration::from_secs(24 * 3600),
             client: None,
@@ -189,6 +194,7 @@ impl Engine {
                 Arc::new(lifecycle::Step {
                     lifecycle: lifecycle.clone(),
                     kind,
+                    schedule: opts.lifecycle_schedule.clone(),
                 }),
             );
         }

@@ -698,6 +698,7 @@ impl Lifecycle {
 pub struct Step {
     pub lifecycle: Arc<Lifecycle>,
     pub kind: &'static str,
+    pub schedule: crate::retry::RetrySchedule,
 }
 
 impl JobHandler for Step {
@@ -710,5 +711,9 @@ impl JobHandler for Step {
                 other => Err(JobError::permanent(format!("no lifecycle step `{other}`"))),
             }
         })
+    }
+
+    fn schedule(&self) -> crate::retry::RetrySchedule {
+        self.schedule.clone()
     }
 }

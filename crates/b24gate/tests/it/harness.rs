@@ -168,6 +168,9 @@ pub fn fast_engine() -> EngineOptions {
     o.housekeeping_every = Duration::from_millis(100);
     o.forward_schedule =
         engine::retry::RetrySchedule::new(vec![Duration::from_millis(50); 10], 0.2);
+    // The production shape (8 delays), in fractions of a second.
+    o.lifecycle_schedule =
+        engine::retry::RetrySchedule::new(vec![Duration::from_millis(200); 8], 0.2);
     o
 }
 
@@ -175,6 +178,11 @@ impl World {
     /// `manifest` is appended to the generated configuration (bindings,
     /// placements, migrations…); `installer` selects install flow B.
     pub async fn start(manifest: &str, installer: bool) -> World {
+        World::start_with(manifest, installer, EmulatorConfig::default()).await
+    }
+
+    /// [`World::start`] with an emulator configuration of the test's own.
+    pub async fn start_with(manifest: &str, installer: bool, emu_config: EmulatorConfig) -> World {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // `B24GATE_TEST_LOG=debug` shows the gateway's logs while debugging.
         if let Ok(filter) = std::env::var("B24GATE_TEST_LOG") {
@@ -183,7 +191,7 @@ impl World {
                 .with_test_writer()
                 .try_init();
         }
-        let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+        let emu = Emulator::start(emu_config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gate_url = format!("http://{}", listener.local_addr().unwrap());
         let (receiver, hook_url) = Receiver::start().await;

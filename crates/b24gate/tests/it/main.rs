@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod faults;
 mod harness;
 mod lifecycle;
 mod metrics;
