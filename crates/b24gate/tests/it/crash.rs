@@ -12,7 +12,7 @@ use b24emu::{AppKind, AppSpec, ChangeSpec, Emulator, EmulatorConfig, InstallSpec
 use rand::Rng;
 use store::{Keyring, OpenOptions, PortalStatus, Store};
 
-use crate::harness::{Receiver, TARGET_SECRET, seeded};
+use crate::harness::{Receiver, TARGET_SECRET, acknowledged, drains_settled, seeded};
 
 pub(crate) const MASTER_KEY: &str =
     "4242424242424242424242424242424242424242424242424242424242424242";
@@ -205,25 +205,6 @@ pub(crate) fn at_app(r: &Receiver, event: &str) -> BTreeMap<String, BTreeSet<Str
     out
 }
 
-/// Deal ids the gateway acknowledged (200) for `event`, per the emulator.
-pub(crate) fn acknowledged(emu: &Emulator, members: &[String], event: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for m in members {
-        for d in emu.deliveries(m).unwrap() {
-            if d.event == event && d.ok {
-                let body = d.body.unwrap_or_default();
-                let id = body
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("data%5BFIELDS%5D%5BID%5D="))
-                    .unwrap_or_default()
-                    .to_owned();
-                out.insert(format!("{m}:{id}"));
-            }
-        }
-    }
-    out
-}
-
 /// Every event reached the app under exactly one `webhook-id`: an event
 /// forwarded twice (its job re-run after the crash) kept its id.
 pub(crate) fn one_webhook_id_each(seen: &BTreeMap<String, BTreeSet<String>>) {
@@ -407,25 +388,13 @@ owner = "app"
     let updates = at_app(&receiver, "ONCRMDEALUPDATE");
     assert_eq!(updates.len(), 1_000, "every queued row reached the app");
     one_webhook_id_each(&updates);
-    for m in &members {
-        let (store, m) = (store.clone(), m.clone());
-        until(
-            &gate,
-            "the drain to settle",
-            Duration::from_secs(30),
-            || {
-                let (store, m) = (store.clone(), m.clone());
-                async move {
-                    store
-                        .drain_state(&m, "")
-                        .await
-                        .unwrap()
-                        .is_some_and(|d| d.process_id.is_none() && !d.reserving)
-                }
-            },
-        )
-        .await;
-    }
+    until(
+        &gate,
+        "every drain to settle",
+        Duration::from_secs(30),
+        || drains_settled(&store, &members),
+    )
+    .await;
     let mut stored = BTreeSet::new();
     for m in &members {
         let q = &emu.portal_state(m).unwrap()["apps"][0]["offline_queue"];

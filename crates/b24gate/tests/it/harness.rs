@@ -1,7 +1,7 @@
 //! One emulator farm, one gateway (SQLite, engine, server on loopback) and a
 //! receiver standing in for the app.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -403,4 +403,36 @@ pub fn seeded(test: &str) -> rand::rngs::StdRng {
         .unwrap_or_else(rand::random::<u64>);
     eprintln!("{test}: B24GATE_TEST_SEED={seed}");
     rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Deal ids the gateway acknowledged (200) for `event`, per the emulator's
+/// delivery log, as `member:id`.
+pub fn acknowledged(emu: &Emulator, members: &[String], event: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for m in members {
+        for d in emu.deliveries(m).unwrap() {
+            if d.event == event && d.ok {
+                let body = d.body.unwrap_or_default();
+                let id = body
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("data%5BFIELDS%5D%5BID%5D="))
+                    .unwrap_or_default()
+                    .to_owned();
+                out.insert(format!("{m}:{id}"));
+            }
+        }
+    }
+    out
+}
+
+/// Every portal's default offline partition has a drain state with no
+/// reservation open and no reserve in flight.
+pub async fn drains_settled(store: &Store, members: &[String]) -> bool {
+    for m in members {
+        let d = store.drain_state(m, "").await.unwrap();
+        if d.is_none_or(|d| d.process_id.is_some() || d.reserving) {
+            return false;
+        }
+    }
+    true
 }

@@ -13,7 +13,7 @@ use rand::Rng;
 use b24emu::ChangeSpec;
 use store::PortalStatus;
 
-use crate::harness::{World, seeded};
+use crate::harness::{World, acknowledged, seeded};
 
 const MANIFEST: &str = r#"
 [[binding]]
@@ -36,26 +36,6 @@ fn change(action: &str, count: u64) -> ChangeSpec {
         auth_connector: String::new(),
         fields: Default::default(),
     }
-}
-
-/// Deal ids the gateway acknowledged (200) for `event`, per the emulator's
-/// delivery log, as `member:id`.
-fn acknowledged(w: &World, members: &[String], event: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for m in members {
-        for d in w.emu.deliveries(m).unwrap() {
-            if d.event == event && d.ok {
-                let body = d.body.unwrap_or_default();
-                let id = body
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("data%5BFIELDS%5D%5BID%5D="))
-                    .unwrap_or_default()
-                    .to_owned();
-                out.insert(format!("{m}:{id}"));
-            }
-        }
-    }
-    out
 }
 
 fn received(w: &World, event: &str) -> BTreeSet<String> {
@@ -121,7 +101,7 @@ async fn two_thousand_online_changes_reach_the_app_once_despite_failures_and_cra
         },
     )
     .await;
-    let acked = acknowledged(&w, &members, "ONCRMDEALADD");
+    let acked = acknowledged(&w.emu, &members, "ONCRMDEALADD");
     assert!(
         acked.len() >= 1_600,
         "most deliveries were acknowledged ({})",

@@ -16,10 +16,8 @@ use b24emu::{AppKind, AppSpec, Emulator, EmulatorConfig, InstallSpec, PortalSpec
 use rand::Rng;
 use store::{Keyring, OpenOptions, PortalStatus, Store};
 
-use crate::crash::{
-    Db, Gate, MASTER_KEY, acknowledged, at_app, change, free_port, one_webhook_id_each,
-};
-use crate::harness::{Receiver, seeded};
+use crate::crash::{Db, Gate, MASTER_KEY, at_app, change, free_port, one_webhook_id_each};
+use crate::harness::{Receiver, acknowledged, drains_settled, seeded};
 
 /// Round-robin over the instances that are up; a refused connection moves
 /// on to the next one.
@@ -279,19 +277,8 @@ owner = "app"
     assert_eq!(updates.len(), 5_000, "every queued row reached the app");
     one_webhook_id_each(&updates);
     one_webhook_id_each(&at_app(&receiver, "ONCRMDEALADD"));
-    let mm = members.clone();
-    let s = store.clone();
     wait_all("every drain to settle", Duration::from_secs(60), || {
-        let (s, mm) = (s.clone(), mm.clone());
-        async move {
-            for m in &mm {
-                let d = s.drain_state(m, "").await.unwrap();
-                if d.is_none_or(|d| d.process_id.is_some() || d.reserving) {
-                    return false;
-                }
-            }
-            true
-        }
+        drains_settled(&store, &members)
     })
     .await;
     for m in &members {
