@@ -10,6 +10,13 @@
 //!   page shorter than 50 ends the list; commands after it (whose reference
 //!   pointed past the end) are ignored. Picked for `crm.<entity>.list` when
 //!   the caller's order is empty or `ID` ascending and no `start` is given.
+//!   By default ([`ListOptions::keyset_count`]) the very first page is sent
+//!   with `start=0` instead, so the portal counts the matching items once:
+//!   the walk then ends as soon as that many have arrived, without a last
+//!   request only to find an empty page (50,000 items: 20 requests, not 21).
+//!   Items created during the walk with higher IDs may then be left out — as
+//!   with any offset walk; turn the count off to walk until an empty page
+//!   (and to spare a portal the count on very large lists).
 //! - **Offset**: one plain call (for `next`/`total`), then the remaining
 //!   `start` offsets 50 to a batch; sequential calls when there is no `total`.
 
@@ -33,11 +40,24 @@ pub enum ListStrategy {
     Keyset,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ListOptions {
     pub strategy: ListStrategy,
     /// Options of each request (the deadline is per request, not per list).
     pub call: CallOptions,
+    /// Keyset walks: count the matching items on the first page (`start=0`)
+    /// and stop when that many have arrived. On by default.
+    pub keyset_count: bool,
+}
+
+impl Default for ListOptions {
+    fn default() -> ListOptions {
+        ListOptions {
+            strategy: ListStrategy::default(),
+            call: CallOptions::default(),
+            keyset_count: true,
+        }
+    }
 }
 
 /// Whether keyset pagination applies: `crm.<entity>.list` (IDs are integers
@@ -94,6 +114,10 @@ fn item_id(item: &Value) -> Option<u64> {
 enum State {
     Keyset {
         cursor: u64,
+        /// Whether the next batch's first page counts (`start=0`).
+        count: bool,
+        /// Items still expected, when the portal counted them.
+        left: Option<u64>,
     },
     OffsetFirst,
     /// Remaining offsets, batched.
@@ -169,7 +193,11 @@ impl PortalClient {
                         sel.push(json!("ID"));
                     }
                 }
-                State::Keyset { cursor }
+                State::Keyset {
+                    cursor,
+                    count: opts.keyset_count,
+                    left: None,
+                }
             } else {
                 State::OffsetFirst
             };
@@ -200,7 +228,11 @@ impl Lister {
     async fn step(&self, state: State) -> Result<Option<(Vec<Value>, State)>, Error> {
         match state {
             State::Done => Ok(None),
-            State::Keyset { cursor } => self.keyset(cursor).await.map(Some),
+            State::Keyset {
+                cursor,
+                count,
+                left,
+            } => self.keyset(cursor, count, left).await.map(Some),
             State::OffsetFirst => {
                 let mut p = self.params.clone();
                 p.entry("start").or_insert(json!(0));
@@ -262,10 +294,25 @@ impl Lister {
         }
     }
 
-    async fn keyset(&self, cursor: u64) -> Result<(Vec<Value>, State), Error> {
+    async fn keyset(
+        &self,
+        cursor: u64,
+        count: bool,
+        mut left: Option<u64>,
+    ) -> Result<(Vec<Value>, State), Error> {
+        if left == Some(0) {
+            return Ok((Vec::new(), State::Done));
+        }
         let mut batch = Batch::new();
-        for i in 0..MAX_COMMANDS {
+        // Pages this batch can still need: no more than the count left.
+        let pages = left.map_or(MAX_COMMANDS, |l| {
+            (l.div_ceil(PAGE as u64) as usize).clamp(1, MAX_COMMANDS)
+        });
+        for i in 0..pages {
             let mut p = self.params.clone();
+            if i == 0 && count {
+                p.insert("start".into(), json!(0));
+            }
             let after = if i == 0 {
                 json!(cursor)
             } else {
@@ -279,9 +326,12 @@ impl Lister {
         let out = self.client.batch_with(&batch, &self.opts).await?;
         let mut items = Vec::new();
         let mut cursor = cursor;
-        for (key, o) in out.commands {
+        for (i, (key, o)) in out.commands.into_iter().enumerate() {
             match o {
-                CommandOutcome::Ok { result, .. } => {
+                CommandOutcome::Ok { result, total, .. } => {
+                    if i == 0 && count {
+                        left = total;
+                    }
                     let page = items_of(result);
                     let n = page.len();
                     if let Some(last) = page.last() {
@@ -290,7 +340,7 @@ impl Lister {
                         })?;
                     }
                     items.extend(page);
-                    if n < PAGE {
+                    if n < PAGE || left.is_some_and(|l| items.len() as u64 >= l) {
                         return Ok((items, State::Done));
                     }
                 }
@@ -303,7 +353,15 @@ impl Lister {
                 CommandOutcome::NotRun => return Ok((items, State::Done)),
             }
         }
-        Ok((items, State::Keyset { cursor }))
+        let left = left.map(|l| l.saturating_sub(items.len() as u64));
+        Ok((
+            items,
+            State::Keyset {
+                cursor,
+                count: false,
+                left,
+            },
+        ))
     }
 }
 

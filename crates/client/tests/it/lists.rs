@@ -81,3 +81,65 @@ async fn offset_strategy_batches_the_remaining_pages() {
     })
     .await;
 }
+
+/// The counted keyset walk (the default) ends on the count it took on its
+/// first page: ⌈n ÷ 2,500⌉ requests, never a last one only to see the end;
+/// without the count the walk needs that extra request when the list ends on
+/// a full batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counted_keyset_walk_stops_on_the_count() {
+    bounded(async {
+        let f = fixture().await;
+        let p = f.portal_client();
+        let f = &f;
+        let walk = |count: bool| {
+            let p = p.clone();
+            async move {
+                let opts = ListOptions {
+                    keyset_count: count,
+                    ..Default::default()
+                };
+                let before = f.stat("requests");
+                let ids: Vec<u64> = p
+                    .list_all_with("crm.deal.list", json!({"select": ["ID"]}), opts)
+                    .map(|d| deal_id(&d.unwrap()))
+                    .collect()
+                    .await;
+                (ids, f.stat("requests") - before)
+            }
+        };
+        // Empty list: one request either way.
+        assert_eq!(walk(true).await, (vec![], 1));
+        assert_eq!(walk(false).await, (vec![], 1));
+        // Exactly one full batch, then one item more.
+        f.add_deals(2_500);
+        let (ids, requests) = walk(true).await;
+        assert_eq!((ids.len(), requests), (2_500, 1));
+        assert_eq!(
+            walk(false).await.1,
+            2,
+            "uncounted: a second request sees the end"
+        );
+        f.add_deals(1);
+        assert_eq!(walk(true).await.1, 2);
+        // 20,000: eight requests, the IDs ascending without gaps or repeats.
+        f.add_deals(17_499);
+        let (ids, requests) = walk(true).await;
+        assert_eq!(requests, 8);
+        assert_eq!(ids.len(), 20_000);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let (uncounted, requests) = walk(false).await;
+        assert_eq!(requests, 9);
+        assert_eq!(uncounted, ids);
+        // A filter's `>ID` floor is counted too: the walk from 19,990 is one request.
+        let before = f.stat("requests");
+        let tail: Vec<u64> = p
+            .list_all("crm.deal.list", json!({"filter": {">ID": ids[19_989]}}))
+            .map(|d| deal_id(&d.unwrap()))
+            .collect()
+            .await;
+        assert_eq!(tail, ids[19_990..].to_vec());
+        assert_eq!(f.stat("requests") - before, 1);
+    })
+    .await;
+}
