@@ -1,13 +1,13 @@
 //! The fault suite: b24emu answers a share of REST calls with 5xx and slow
 //! 504s, a few portals have a bucket far smaller than their plan's (limit
-//! errors), every access token expires at once mid-run — and 50 portals
-//! still complete the whole lifecycle: install, events, update with a new
-//! binding, uninstall.
+//! errors), every access token expires at once mid-run, five portals are
+//! renamed to another domain — and 50 portals still complete the whole
+//! lifecycle: install, events, update with a new binding, uninstall.
 
 use std::time::Duration;
 
-use b24emu::{ChangeSpec, EmulatorConfig, FaultsSpec, LimitsSpec, UninstallSpec};
-use store::PortalStatus;
+use b24emu::{ChangeSpec, EmulatorConfig, FaultsSpec, LimitsSpec, RenameSpec, UninstallSpec};
+use store::{AuditFilter, PortalStatus};
 
 use crate::harness::World;
 
@@ -74,11 +74,23 @@ async fn fifty_portals_complete_the_lifecycle_under_faults() {
         fault_timeout_ms: 300,
         ..EmulatorConfig::default()
     };
-    let mut w = World::start_with(MANIFEST, false, emu_config).await;
+    // Portals 40–49 live under their own host name (as real portals do);
+    // 45–49 are renamed mid-run to `…-moved.localhost`.
+    let hosts: Vec<String> = (40..50)
+        .flat_map(|i| [format!("f{i}.localhost"), format!("f{i}-moved.localhost")])
+        .collect();
+    let mut w = World::start_resolving(MANIFEST, false, emu_config, hosts).await;
     let mut members = Vec::new();
     for i in 0..50 {
-        members.push(w.portal(&format!("f{i}"), &[]).member_id);
+        let p = if i < 40 {
+            w.portal(&format!("f{i}"), &[])
+        } else {
+            w.portal_at(&format!("f{i}"), &format!("f{i}.localhost"))
+        };
+        members.push(p.member_id);
     }
+    let port = w.emu.urls().http_port;
+    let moved = |i: usize| format!("f{i}-moved.localhost:{port}");
     // Ten portals with a bucket of 1 call draining one per 5 s: the gateway's
     // own limiter expects 50/2, so these answer QUERY_LIMIT_EXCEEDED.
     for m in &members[..10] {
@@ -108,6 +120,19 @@ async fn fifty_portals_complete_the_lifecycle_under_faults() {
         p.status == PortalStatus::Installed
     })
     .await;
+
+    // Five portals change their domain: the old host answers 302 from now on.
+    for (i, m) in members.iter().enumerate().skip(45) {
+        w.emu
+            .rename(
+                m,
+                RenameSpec {
+                    domain: Some(moved(i)),
+                    name: None,
+                },
+            )
+            .unwrap();
+    }
 
     // Every token expires: the next calls refresh, under the same faults.
     w.emu
@@ -151,6 +176,23 @@ async fn fifty_portals_complete_the_lifecycle_under_faults() {
                 .any(|r| r.record.key.name == "ONCRMDEALDELETE" && r.record.state == "bound"),
             "{m}: the new binding is bound"
         );
+    }
+    // The renamed portals' calls followed the 302 once: the store has the
+    // new domain and endpoint, with one audit entry each.
+    for (i, m) in members.iter().enumerate().skip(45) {
+        let p = w.store.get_portal(m).await.unwrap().unwrap();
+        assert_eq!(p.domain.as_str(), moved(i), "{m}");
+        assert_eq!(p.client_endpoint, format!("http://{}/rest/", moved(i)));
+        let audit = w
+            .store
+            .list_audit(&AuditFilter {
+                member_id: Some(m),
+                action_prefix: Some("portal.renamed"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 1, "{m}: {audit:?}");
     }
     let stats = w.emu.stats();
     assert!(stats["faults_injected"].as_u64().unwrap() > 0, "{stats}");

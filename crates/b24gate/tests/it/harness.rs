@@ -91,6 +91,9 @@ struct Setup {
     client_secret: String,
     oauth: String,
     installer: bool,
+    /// Host names (`*.localhost`) the gateway's REST client resolves to
+    /// loopback: host-mode portals and the names they are renamed to.
+    resolve: Vec<String>,
 }
 
 impl Setup {
@@ -145,13 +148,20 @@ url = "{hook_url}"
         let (config, secrets) = Config::load(&text, env).unwrap();
         *self.last.lock().unwrap() = Some((Arc::new(config.clone()), secrets.clone()));
         *self.last_text.lock().unwrap() = text.clone();
+        let mut engine = fast_engine();
+        if !self.resolve.is_empty() {
+            let mut client = engine::client_config(&config, &secrets);
+            let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            client.resolve = self.resolve.iter().map(|h| (h.clone(), lo)).collect();
+            engine.client = Some(client);
+        }
         Gateway::start(
             Arc::new(config),
             &secrets,
             store.clone(),
             listener,
             GatewayOptions {
-                engine: fast_engine(),
+                engine,
                 ..GatewayOptions::default()
             },
         )
@@ -183,6 +193,18 @@ impl World {
 
     /// [`World::start`] with an emulator configuration of the test's own.
     pub async fn start_with(manifest: &str, installer: bool, emu_config: EmulatorConfig) -> World {
+        World::start_resolving(manifest, installer, emu_config, Vec::new()).await
+    }
+
+    /// [`World::start_with`] whose gateway resolves `hosts` (names under
+    /// `.localhost`) to loopback, for portals made with [`World::portal_at`]
+    /// and for the names they are renamed to.
+    pub async fn start_resolving(
+        manifest: &str,
+        installer: bool,
+        emu_config: EmulatorConfig,
+        hosts: Vec<String>,
+    ) -> World {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // `B24GATE_TEST_LOG=debug` shows the gateway's logs while debugging.
         if let Ok(filter) = std::env::var("B24GATE_TEST_LOG") {
@@ -228,6 +250,7 @@ impl World {
             client_secret: app.client_secret.clone(),
             oauth: emu.oauth_url().to_owned(),
             installer,
+            resolve: hosts,
         };
         let gate = setup.gateway(&store, listener, manifest, 1).await;
         World {
@@ -303,6 +326,18 @@ impl World {
             .create_portal(PortalSpec {
                 name: Some(name.into()),
                 features: features.iter().map(|s| s.to_string()).collect(),
+                ..PortalSpec::default()
+            })
+            .unwrap()
+    }
+
+    /// A host-mode portal: routed by `Host` under `host` (one of the names
+    /// given to [`World::start_resolving`]), on the emulator's port.
+    pub fn portal_at(&self, name: &str, host: &str) -> PortalInfo {
+        self.emu
+            .create_portal(PortalSpec {
+                name: Some(name.into()),
+                domain: Some(format!("{host}:{}", self.emu.urls().http_port)),
                 ..PortalSpec::default()
             })
             .unwrap()
