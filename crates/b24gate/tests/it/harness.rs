@@ -356,19 +356,12 @@ impl World {
     }
 
     /// Waits until `cond` holds, polling; fails with `what` after `within`.
-    pub async fn until<F, Fut>(&self, what: &str, within: Duration, mut cond: F)
+    pub async fn until<F, Fut>(&self, what: &str, within: Duration, cond: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + within;
-        while !cond().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for(what, within, String::new, cond).await
     }
 
     pub async fn wait_status(&self, member_id: &str, want: PortalStatus) {
@@ -430,6 +423,26 @@ impl World {
 /// A random generator for crash points and the like: seeded from
 /// `B24GATE_TEST_SEED` when set, otherwise at random; the seed is printed so
 /// a failing run can be repeated.
+/// Polls `cond` until it holds; after `within` fails with `what` and
+/// whatever `log` tells (a gateway process's log tail, say).
+pub async fn wait_for<F, Fut>(what: &str, within: Duration, log: impl Fn() -> String, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond().await {
+        if tokio::time::Instant::now() >= deadline {
+            let log = log();
+            if log.is_empty() {
+                panic!("timed out waiting for {what}");
+            }
+            panic!("timed out waiting for {what}; log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 pub fn seeded(test: &str) -> rand::rngs::StdRng {
     use rand::SeedableRng;
     let seed = std::env::var("B24GATE_TEST_SEED")

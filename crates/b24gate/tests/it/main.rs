@@ -8,5 +8,6 @@ mod harness;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod procs;
 mod runtime;
 mod scale;

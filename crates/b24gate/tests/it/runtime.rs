@@ -13,7 +13,7 @@ use rand::Rng;
 use b24emu::ChangeSpec;
 use store::PortalStatus;
 
-use crate::harness::{World, acknowledged, seeded};
+use crate::harness::{World, acknowledged, drains_settled, seeded};
 
 const MANIFEST: &str = r#"
 [[binding]]
@@ -158,18 +158,8 @@ async fn five_thousand_offline_events_drain_completely_through_crashes() {
         "every row at the app"
     );
     let store = w.store.clone();
-    let mm = members.clone();
     w.until("every drain to settle", Duration::from_secs(30), || {
-        let (store, mm) = (store.clone(), mm.clone());
-        async move {
-            for m in &mm {
-                let d = store.drain_state(m, "").await.unwrap();
-                if d.is_some_and(|d| d.process_id.is_some() || d.reserving) {
-                    return false;
-                }
-            }
-            true
-        }
+        drains_settled(&store, &members)
     })
     .await;
     for m in &members {

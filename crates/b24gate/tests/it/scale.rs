@@ -12,12 +12,12 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use b24emu::{AppKind, AppSpec, Emulator, EmulatorConfig, InstallSpec, PortalSpec};
+use b24emu::{Emulator, EmulatorConfig};
 use rand::Rng;
-use store::{Keyring, OpenOptions, PortalStatus, Store};
 
-use crate::crash::{Db, Gate, MASTER_KEY, at_app, change, free_port, one_webhook_id_each};
-use crate::harness::{Receiver, acknowledged, drains_settled, seeded};
+use crate::crash::{at_app, change, one_webhook_id_each};
+use crate::harness::{Receiver, acknowledged, drains_settled, seeded, wait_for};
+use crate::procs::{Db, Serve, create_app, free_port, install_fleet, open_store};
 
 /// Round-robin over the instances that are up; a refused connection moves
 /// on to the next one.
@@ -71,21 +71,6 @@ async fn balance(
     (StatusCode::BAD_GATEWAY, HeaderMap::new(), Bytes::new())
 }
 
-async fn wait_all<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_postgres_share_100_portals_through_a_crash() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -115,105 +100,35 @@ async fn three_instances_on_postgres_share_100_portals_through_a_crash() {
         .with_state(balancer.clone());
     tokio::spawn(async move { axum::serve(lb, router).await.unwrap() });
 
-    let app = emu
-        .create_app(AppSpec {
-            client_id: None,
-            client_secret: None,
-            scopes: ["crm", "user_brief"].map(String::from).into(),
-            version: Some(1),
-            install_url: format!("{public}/b24/install"),
-            installer: false,
-            kind: AppKind::Local,
-            update_event: None,
-        })
-        .unwrap();
+    let app = create_app(&emu, &public);
     let probe_dir = tempfile::tempdir().unwrap();
     let db_url = db.url(probe_dir.path());
     let mut gates = Vec::new();
     for port in &ports {
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-public_url = "{public}"
-database_url = "{db_url}"
-allow_insecure_http = true
-job_lease = "2s"
-workers = 4
-[app]
-client_id = "{client_id}"
-version = 1
-scopes = ["crm", "user_brief"]
-oauth_url = "{oauth}"
-allowed_domains = ["127.0.0.1", "*.localhost"]
-[offline]
-drain_every = "1s"
-[[target]]
-name = "app"
-url = "{hook_url}"
-[[binding]]
-event = "ONCRMDEALADD"
-owner = "app"
-[[binding]]
-event = "ONCRMDEALUPDATE"
-mode = "offline"
-owner = "app"
-"#,
-            client_id = app.client_id,
-            oauth = emu.oauth_url(),
-        );
-        std::fs::write(dir.path().join("b24gate.toml"), config).unwrap();
-        let mut g = Gate {
-            dir,
+        let mut g = Serve {
             port: *port,
-            client_secret: app.client_secret.clone(),
-            child: None,
-            starts: 0,
-        };
+            public_url: &public,
+            db_url: &db_url,
+            client_id: &app.client_id,
+            oauth_url: emu.oauth_url(),
+            hook_url: &hook_url,
+            server_extra: "workers = 4",
+            drain_every: "1s",
+        }
+        .gate(&app.client_secret);
         g.start().await;
         gates.push(g);
     }
-    let store = Store::open(
-        &db_url,
-        Keyring::from_hex(MASTER_KEY).unwrap(),
-        &OpenOptions::default(),
+    let store = open_store(&db_url).await;
+    let members = install_fleet(
+        &emu,
+        &store,
+        &app.client_id,
+        "fleet",
+        100,
+        Duration::from_secs(180),
+        String::new,
     )
-    .await
-    .unwrap();
-
-    let mut members = Vec::new();
-    for i in 0..100 {
-        let p = emu
-            .create_portal(PortalSpec {
-                name: Some(format!("fleet{i}")),
-                features: vec!["rest_offline_extended".into()],
-                ..PortalSpec::default()
-            })
-            .unwrap();
-        emu.install(
-            &p.member_id,
-            InstallSpec {
-                client_id: app.client_id.clone(),
-                ..InstallSpec::default()
-            },
-        )
-        .unwrap();
-        members.push(p.member_id);
-    }
-    let mm = members.clone();
-    let s = store.clone();
-    wait_all("100 portals installed", Duration::from_secs(180), || {
-        let (s, mm) = (s.clone(), mm.clone());
-        async move {
-            let portals = s.list_portals().await.unwrap();
-            mm.iter().all(|m| {
-                portals
-                    .iter()
-                    .any(|p| p.member_id.as_str() == m && p.status == PortalStatus::Installed)
-            })
-        }
-    })
     .await;
 
     phase("installed");
@@ -229,9 +144,10 @@ owner = "app"
             gates[victim].sigkill();
         }
     }
-    wait_all(
+    wait_for(
         "the emulator to finish delivering",
         Duration::from_secs(120),
+        String::new,
         || async {
             let s = emu.stats();
             let done =
@@ -249,9 +165,10 @@ owner = "app"
     );
     let want = acked.clone();
     let r = receiver.clone();
-    wait_all(
+    wait_for(
         "every acknowledged addition at the app",
         Duration::from_secs(600),
+        String::new,
         || {
             let (want, r) = (want.clone(), r.clone());
             async move {
@@ -263,9 +180,10 @@ owner = "app"
     .await;
     phase("additions at the app");
     let r = receiver.clone();
-    wait_all(
+    wait_for(
         "5,000 offline updates at the app",
         Duration::from_secs(600),
+        String::new,
         || {
             let r = r.clone();
             async move { at_app(&r, "ONCRMDEALUPDATE").len() >= 5_000 }
@@ -277,9 +195,12 @@ owner = "app"
     assert_eq!(updates.len(), 5_000, "every queued row reached the app");
     one_webhook_id_each(&updates);
     one_webhook_id_each(&at_app(&receiver, "ONCRMDEALADD"));
-    wait_all("every drain to settle", Duration::from_secs(60), || {
-        drains_settled(&store, &members)
-    })
+    wait_for(
+        "every drain to settle",
+        Duration::from_secs(60),
+        String::new,
+        || drains_settled(&store, &members),
+    )
     .await;
     for m in &members {
         let q = &emu.portal_state(m).unwrap()["apps"][0]["offline_queue"];
