@@ -38,6 +38,9 @@ const BURST: u32 = 50;
 const RATE: f64 = 20.0;
 /// Rows per `event.offline.get` (`[offline] batch`, the default).
 const BATCH: u32 = 50;
+/// Batches timed at the start of each side, well inside the burst, where
+/// nothing waits for a slot: their time per batch is the work alone.
+const UNPACED: u64 = 30;
 /// A side that has not finished by then failed.
 const BOUND: Duration = Duration::from_secs(110);
 
@@ -157,6 +160,9 @@ struct Side {
     limit_errors: u64,
     /// From the start until the portal saw the first reservation.
     first_reserve_secs: Option<f64>,
+    /// Seconds per batch over the first [`UNPACED`] batches (inside the
+    /// burst: no slot waits), i.e. requests, store and scheduling alone.
+    unpaced_secs_per_batch: Option<f64>,
 }
 
 impl Side {
@@ -178,6 +184,9 @@ impl Side {
         if let Some(s) = self.first_reserve_secs {
             m.insert("first_reserve_secs".into(), num(s));
         }
+        if let Some(s) = self.unpaced_secs_per_batch {
+            m.insert("unpaced_ms_per_batch".into(), num(s * 1000.0));
+        }
         m
     }
 }
@@ -196,6 +205,7 @@ async fn gateway_drain(
     let started = Instant::now();
     let engine = gate.start(ctx).await?;
     let mut first = None;
+    let mut unpaced = None;
     let mut done_at = None;
     // The queue empties at the clear of the last batch, which is sent only
     // after that batch is committed; the inbox is counted once it is.
@@ -203,6 +213,14 @@ async fn gateway_drain(
         let (size, reserved) = queue(emu, member_id)?;
         if first.is_none() && (reserved > 0 || size < EVENTS) {
             first = Some(started.elapsed().as_secs_f64());
+        }
+        // Batch 1 is reserved at `first`; the queue is down by UNPACED
+        // batches once the request after the UNPACED-th has cleared it.
+        if let Some(f) = first
+            && unpaced.is_none()
+            && size <= EVENTS - UNPACED * u64::from(BATCH)
+        {
+            unpaced = Some((started.elapsed().as_secs_f64() - f) / UNPACED as f64);
         }
         if size == 0 {
             let n = count_offline(&gate.store, member_id, since).await?;
@@ -268,6 +286,7 @@ async fn gateway_drain(
         requests,
         limit_errors,
         first_reserve_secs: first,
+        unpaced_secs_per_batch: unpaced,
     })
 }
 
@@ -309,6 +328,8 @@ async fn two_request_flow(
     let mut seen_deals = HashSet::new();
     let mut events = 0u64;
     let mut requests_to_empty = 0u64;
+    let mut batches = 0u64;
+    let mut unpaced = None;
     loop {
         anyhow::ensure!(
             started.elapsed() < BOUND,
@@ -340,6 +361,10 @@ async fn two_request_flow(
             .call("event.offline.clear", json!({"process_id": pid}))
             .await?;
         last_clear = started.elapsed().as_secs_f64();
+        batches += 1;
+        if batches == UNPACED {
+            unpaced = Some(last_clear / UNPACED as f64);
+        }
         requests_to_empty = counter(emu, "requests") - r0;
     }
     let (left, _) = queue(emu, member_id)?;
@@ -360,7 +385,32 @@ async fn two_request_flow(
         requests: requests_to_empty,
         limit_errors: counter(emu, "query_limit_errors") - l0,
         first_reserve_secs: None,
+        unpaced_secs_per_batch: unpaced,
     })
+}
+
+/// The most a drain can do under a bucket of burst `b` and rate `r` with
+/// `e` rows per request: in `t` seconds the bucket admits `b + r·t`
+/// requests; `n = ⌈events/e⌉` requests take at least `max(0, n − b)/r`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Maximum {
+    admitted: f64,
+    per_sec: f64,
+    needed: f64,
+    min_secs: f64,
+}
+
+impl Maximum {
+    fn new(b: f64, r: f64, e: f64, events: u64, t: f64) -> Maximum {
+        let admitted = b + r * t;
+        let needed = (events as f64 / e).ceil();
+        Maximum {
+            admitted,
+            per_sec: admitted * e / t,
+            needed,
+            min_secs: (needed - b).max(0.0) / r,
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -550,12 +600,9 @@ async fn measure(
     let fig = gateway_drain(ctx, &gate, emu, &m, &deals, report).await?;
     drop(server);
 
-    // The maximum under the bucket: in T seconds it admits B + R·T requests,
-    // each reserving `BATCH` rows.
-    let admitted = f64::from(BURST) + RATE * fig.secs;
-    let max_per_sec = admitted * f64::from(BATCH) / fig.secs;
-    let needed = EVENTS.div_ceil(u64::from(BATCH)) as f64;
-    let min_secs = (needed - f64::from(BURST)).max(0.0) / RATE;
+    let max = Maximum::new(f64::from(BURST), RATE, f64::from(BATCH), EVENTS, fig.secs);
+    let (admitted, max_per_sec, needed, min_secs) =
+        (max.admitted, max.per_sec, max.needed, max.min_secs);
 
     let per_sec = fig.per_sec();
     report.figure("events_per_sec", num(per_sec));
@@ -605,4 +652,38 @@ async fn measure(
          are the emulator's QUERY_LIMIT_EXCEEDED count over both sides.",
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maximum_under_the_bucket() {
+        // 20,000 rows, 50 per request: 400 requests, 50 free, 350 at 20/s.
+        let m = Maximum::new(50.0, 20.0, 50.0, 20_000, 17.5);
+        assert_eq!(m.needed, 400.0);
+        assert_eq!(m.min_secs, 17.5);
+        assert_eq!(m.admitted, 400.0);
+        // A drain that takes exactly the least time is at the maximum.
+        assert!((20_000.0 / 17.5 / m.per_sec - 1.0).abs() < 1e-12);
+        // Twice as slow: the bucket admitted 750 requests meanwhile.
+        let slow = Maximum::new(50.0, 20.0, 50.0, 20_000, 35.0);
+        assert_eq!(slow.admitted, 750.0);
+        assert!((20_000.0 / 35.0 / slow.per_sec - 400.0 / 750.0).abs() < 1e-12);
+        // Within the burst nothing waits.
+        assert_eq!(Maximum::new(50.0, 2.0, 50.0, 2_000, 1.0).min_secs, 0.0);
+    }
+
+    #[test]
+    fn config_text_loads() {
+        let text = config_text(
+            "http://127.0.0.1:1",
+            "local.0123456789abcd.12345678",
+            "http://127.0.0.1:2",
+        );
+        let (c, _) = Config::load(&text, []).expect("the scenario's manifest loads");
+        assert_eq!(c.offline.batch, BATCH);
+        assert_eq!(engine::offline::connectors(&c).len(), 1);
+    }
 }
