@@ -32,6 +32,8 @@ pub enum Scenario {
     IngestPg,
     /// Listing 50,000 deals with the client, against fast_bitrix24.
     RestBulk,
+    /// Events/s the gateway drains from 20,000 queued offline events under the bucket.
+    OfflineDrain,
     /// Every scenario above, in order.
     All,
 }
@@ -43,6 +45,7 @@ impl Scenario {
             Scenario::Ingest => "ingest",
             Scenario::IngestPg => "ingest-pg",
             Scenario::RestBulk => "rest-bulk",
+            Scenario::OfflineDrain => "offline-drain",
             Scenario::All => "all",
         }
     }
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             Scenario::Emulator,
             Scenario::Ingest,
             Scenario::IngestPg,
+            Scenario::OfflineDrain,
             Scenario::RestBulk,
         ],
         s => vec![s],
@@ -162,6 +166,7 @@ fn run_one(args: &Args, s: Scenario) -> anyhow::Result<Report> {
             Scenario::Ingest => scenarios::ingest::run(&ctx, &mut report, false).await,
             Scenario::IngestPg => scenarios::ingest::run(&ctx, &mut report, true).await,
             Scenario::RestBulk => scenarios::rest_bulk::run(&ctx, &mut report).await,
+            Scenario::OfflineDrain => scenarios::offline_drain::run(&ctx, &mut report).await,
             Scenario::All => unreachable!("expanded above"),
         }
     });

@@ -178,7 +178,7 @@ impl Pg {
 
 /// The filesystem type holding `path` (from /proc/mounts), to show that
 /// "durable" meant a real disk and not tmpfs.
-fn fs_type(path: &std::path::Path) -> Option<String> {
+pub(crate) fn fs_type(path: &std::path::Path) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
     let path = path.canonicalize().ok()?;
     mounts

@@ -2,4 +2,5 @@
 
 pub mod emulator;
 pub mod ingest;
+pub mod offline_drain;
 pub mod rest_bulk;
