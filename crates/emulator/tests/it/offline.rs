@@ -465,3 +465,56 @@ async fn the_offline_row_lifetime_is_configurable_and_0_keeps_rows() {
     let list = ok(&s.endpoint, &token, "event.offline.list", json!({})).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
 }
+
+/// `limit` picks the first rows of the whole queue in the requested order,
+/// whatever the queue's size: the lowest IDs ascending, the highest
+/// descending, with the rest left unreserved.
+#[tokio::test]
+async fn get_with_a_limit_takes_the_first_rows_of_the_whole_queue_in_order() {
+    let emu = emu().await;
+    let s = offline_setup(&emu, "offtop").await;
+    emu.changes(
+        &s.member_id,
+        ChangeSpec {
+            count: 300,
+            user_id: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let all = ok(
+        &s.endpoint,
+        &s.token,
+        "event.offline.list",
+        json!({"order": {"ID": "ASC"}}),
+    )
+    .await;
+    let first_id: u64 = all[0]["ID"].as_str().unwrap().parse().unwrap();
+    let want = |range: Vec<u64>| -> Vec<String> { range.iter().map(u64::to_string).collect() };
+    let desc = ok(
+        &s.endpoint,
+        &s.token,
+        "event.offline.get",
+        json!({"clear": 0, "limit": 7, "order": {"ID": "DESC"}}),
+    )
+    .await;
+    let top = first_id + 299;
+    assert_eq!(ids(&desc), want((top - 6..=top).rev().collect()));
+    let asc = ok(
+        &s.endpoint,
+        &s.token,
+        "event.offline.get",
+        json!({"clear": 0, "limit": 5, "order": {"ID": "ASC"}}),
+    )
+    .await;
+    assert_eq!(ids(&asc), want((first_id..first_id + 5).collect()));
+    // Everything else is still unreserved: 300 − 12 rows come in one get.
+    let rest = ok(
+        &s.endpoint,
+        &s.token,
+        "event.offline.get",
+        json!({"clear": 0, "limit": 1000}),
+    )
+    .await;
+    assert_eq!(ids(&rest).len(), 288);
+}
