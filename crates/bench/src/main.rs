@@ -32,6 +32,8 @@ pub enum Scenario {
     IngestPg,
     /// Listing 50,000 deals with the client, against fast_bitrix24.
     RestBulk,
+    /// 10,000 portals reconciled after a version bump (a `b24gate serve` child).
+    Fleet,
     /// Every scenario above, in order.
     All,
 }
@@ -43,6 +45,7 @@ impl Scenario {
             Scenario::Ingest => "ingest",
             Scenario::IngestPg => "ingest-pg",
             Scenario::RestBulk => "rest-bulk",
+            Scenario::Fleet => "fleet",
             Scenario::All => "all",
         }
     }
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             Scenario::Ingest,
             Scenario::IngestPg,
             Scenario::RestBulk,
+            Scenario::Fleet,
         ],
         s => vec![s],
     };
@@ -162,6 +166,7 @@ fn run_one(args: &Args, s: Scenario) -> anyhow::Result<Report> {
             Scenario::Ingest => scenarios::ingest::run(&ctx, &mut report, false).await,
             Scenario::IngestPg => scenarios::ingest::run(&ctx, &mut report, true).await,
             Scenario::RestBulk => scenarios::rest_bulk::run(&ctx, &mut report).await,
+            Scenario::Fleet => scenarios::fleet::run(&ctx, &mut report).await,
             Scenario::All => unreachable!("expanded above"),
         }
     });
