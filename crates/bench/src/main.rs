@@ -34,6 +34,8 @@ pub enum Scenario {
     RestBulk,
     /// Events/s the gateway drains from 20,000 queued offline events under the bucket.
     OfflineDrain,
+    /// 10,000 portals reconciled after a version bump (a `b24gate serve` child).
+    Fleet,
     /// Every scenario above, in order.
     All,
 }
@@ -46,6 +48,7 @@ impl Scenario {
             Scenario::IngestPg => "ingest-pg",
             Scenario::RestBulk => "rest-bulk",
             Scenario::OfflineDrain => "offline-drain",
+            Scenario::Fleet => "fleet",
             Scenario::All => "all",
         }
     }
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
             Scenario::IngestPg,
             Scenario::OfflineDrain,
             Scenario::RestBulk,
+            Scenario::Fleet,
         ],
         s => vec![s],
     };
@@ -167,6 +171,7 @@ fn run_one(args: &Args, s: Scenario) -> anyhow::Result<Report> {
             Scenario::IngestPg => scenarios::ingest::run(&ctx, &mut report, true).await,
             Scenario::RestBulk => scenarios::rest_bulk::run(&ctx, &mut report).await,
             Scenario::OfflineDrain => scenarios::offline_drain::run(&ctx, &mut report).await,
+            Scenario::Fleet => scenarios::fleet::run(&ctx, &mut report).await,
             Scenario::All => unreachable!("expanded above"),
         }
     });

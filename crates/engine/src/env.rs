@@ -209,3 +209,116 @@ impl RateLimiter for StoreEnv {
         })
     }
 }
+
+/// A reservation waiting for the next group commit, and who waits for it.
+type Reservation = (
+    String,
+    Bucket,
+    i64,
+    tokio::sync::oneshot::Sender<Result<i64, String>>,
+);
+
+/// Most reservations committed in one transaction.
+const MAX_RESERVATIONS: usize = 256;
+
+/// The store's shared rate limit ([`StoreEnv`]'s) with group commit: the
+/// reservations asked for while one transaction is in flight share the next
+/// one, in the order they were asked, so a fleet of portals making their
+/// calls at once costs a commit per group instead of one per request. The
+/// buckets, their arithmetic and what other processes see are the same.
+pub struct GroupedLimiter {
+    store: Store,
+    tx: tokio::sync::mpsc::UnboundedSender<Reservation>,
+}
+
+impl GroupedLimiter {
+    /// Starts the committing task on the current runtime; `None` outside
+    /// one. The task ends when the limiter is dropped.
+    pub fn start(store: Store) -> Option<GroupedLimiter> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(commit_reservations(store.clone(), rx));
+        Some(GroupedLimiter { store, tx })
+    }
+}
+
+async fn commit_reservations(
+    store: Store,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Reservation>,
+) {
+    let mut batch: Vec<Reservation> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_RESERVATIONS {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let reqs: Vec<store::RateRequest<'_>> = batch
+            .iter()
+            .map(|(key, bucket, now, _)| store::RateRequest {
+                member_id: key,
+                interval_ms: bucket.interval_ms(),
+                burst: bucket.burst,
+                now: *now,
+            })
+            .collect();
+        let outcome = store.reserve_rate_slots(&reqs).await;
+        drop(reqs);
+        for (i, (_, _, _, reply)) in batch.drain(..).enumerate() {
+            let r = match &outcome {
+                Ok(waits) => Ok(waits[i]),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = reply.send(r);
+        }
+    }
+}
+
+impl RateLimiter for GroupedLimiter {
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        bucket: Bucket,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Duration, EnvError>> {
+        Box::pin(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let wait = match self.tx.send((key.to_owned(), bucket, now_ms, reply)) {
+                Ok(()) => match answer.await {
+                    Ok(r) => r.map_err(EnvError::new)?,
+                    Err(_) => self.direct(key, bucket, now_ms).await?,
+                },
+                // The task is gone (its runtime stopped): one by one.
+                Err(_) => self.direct(key, bucket, now_ms).await?,
+            };
+            Ok(Duration::from_millis(wait.max(0) as u64))
+        })
+    }
+
+    fn penalise<'a>(
+        &'a self,
+        key: &'a str,
+        bucket: Bucket,
+        pause: Duration,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<(), EnvError>> {
+        Box::pin(async move {
+            let full = f64::from(bucket.burst) * bucket.interval_ms();
+            self.store
+                .penalise_rate(key, full + pause.as_millis() as f64, now_ms)
+                .await
+                .map_err(env_err)
+        })
+    }
+}
+
+impl GroupedLimiter {
+    async fn direct(&self, key: &str, bucket: Bucket, now_ms: i64) -> Result<i64, EnvError> {
+        self.store
+            .reserve_rate_slot(key, bucket.interval_ms(), bucket.burst, now_ms)
+            .await
+            .map_err(env_err)
+    }
+}

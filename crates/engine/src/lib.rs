@@ -3,7 +3,8 @@
 //! Map:
 //! - [`config`]: the manifest ([`Config`]) and its loader.
 //! - [`env`]: [`env::StoreEnv`], the client's credential store and shared
-//!   rate limiter over the store.
+//!   rate limiter over the store; [`env::GroupedLimiter`], the same limiter
+//!   committing concurrent reservations together.
 //! - [`confirm`]: method confirmation — parked calls, re-run with the
 //!   approved token.
 //! - [`dispatch`]: inbox rows → the jobs they cause ([`dispatch::Router`]).
@@ -166,12 +167,19 @@ impl Engine {
         let env = Arc::new(env::StoreEnv {
             store: store.clone(),
         });
+        // Request slots in group commits when there is a runtime to run
+        // the committing task on.
+        let limiter: Arc<dyn client::env::RateLimiter> =
+            match env::GroupedLimiter::start(store.clone()) {
+                Some(l) => Arc::new(l),
+                None => env.clone(),
+            };
         let client = client::Client::new(
             opts.client
                 .clone()
                 .unwrap_or_else(|| client_config(&config, secrets)),
-            env.clone(),
             env,
+            limiter,
             opts.clock.clone(),
         )?;
         let lifecycle = Arc::new(lifecycle::Lifecycle {
@@ -295,6 +303,7 @@ impl Engine {
             self.config.clone(),
             self.now.clone(),
             self.opts.clone(),
+            pool.waker(),
             stop_rx,
         ));
         RunningEngine {
@@ -365,6 +374,7 @@ async fn housekeeping(
     config: Arc<Config>,
     now: NowFn,
     opts: EngineOptions,
+    jobs_wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_drain = i64::MIN;
@@ -377,8 +387,10 @@ async fn housekeeping(
         if let Err(e) = store.expire_stale_installs(t - ttl, t).await {
             tracing::warn!(error = %e, "expiring stale installs failed");
         }
-        if let Err(e) = drift_check(&store, &config, t).await {
-            tracing::warn!(error = %e, "drift check failed");
+        match drift_check(&store, &config, t).await {
+            Ok(0) => {}
+            Ok(_) => jobs_wake.notify_waiters(),
+            Err(e) => tracing::warn!(error = %e, "drift check failed"),
         }
         let every = config.offline.drain_every.as_millis() as i64;
         if t.saturating_sub(last_drain) >= every && !offline::connectors(&config).is_empty() {
@@ -400,31 +412,44 @@ async fn housekeeping(
 
 /// Version drift (BRIEF §2 "Update"): an installed portal recorded below the
 /// manifest version gets a reconcile job — `ONAPPUPDATE` is not relied on.
+/// The jobs are enqueued in transactions of [`store::jobs::ENQUEUE_CHUNK`]
+/// (a bump of 10,000 portals is 20 commits, not 10,000); returns how many
+/// were new (a portal whose reconcile is already queued keeps that one).
 pub async fn drift_check(store: &store::Store, config: &Config, now: i64) -> store::Result<usize> {
+    let members = store.portals_below_version(config.app.version).await?;
+    let max_attempts = retry::RetrySchedule::lifecycle().max_attempts();
     let mut n = 0;
-    for p in store.list_portals().await? {
-        if p.status != store::PortalStatus::Installed
-            || p.installed_version.is_some_and(|v| v >= config.app.version)
-        {
-            continue;
-        }
-        let m = p.member_id.as_str();
-        let payload = serde_json::json!({"member_id": m, "reason": "version drift"});
-        let unique = format!("reconcile:{m}");
-        let serial = format!("portal:{m}");
-        if enqueue_lifecycle(
-            store,
-            dispatch::kinds::RECONCILE,
-            m,
-            &serial,
-            &unique,
-            &payload,
-            now,
-        )
-        .await?
-        {
-            n += 1;
-        }
+    for chunk in members.chunks(store::jobs::ENQUEUE_CHUNK) {
+        let keys: Vec<(serde_json::Value, String, String)> = chunk
+            .iter()
+            .map(|m| {
+                (
+                    serde_json::json!({"member_id": m, "reason": "version drift"}),
+                    format!("portal:{m}"),
+                    format!("reconcile:{m}"),
+                )
+            })
+            .collect();
+        let jobs: Vec<store::NewJob<'_>> = chunk
+            .iter()
+            .zip(&keys)
+            .map(|(m, (payload, serial, unique))| store::NewJob {
+                kind: dispatch::kinds::RECONCILE,
+                member_id: Some(m),
+                serial_key: Some(serial),
+                unique_key: Some(unique),
+                calls_portal: true,
+                payload,
+                max_attempts,
+                run_at: now,
+            })
+            .collect();
+        n += store
+            .enqueue_jobs(&jobs, now)
+            .await?
+            .iter()
+            .filter(|e| matches!(e, store::Enqueued::Created(_)))
+            .count();
     }
     Ok(n)
 }

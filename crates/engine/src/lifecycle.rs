@@ -406,14 +406,8 @@ impl Lifecycle {
                 .await
                 .map_err(retry)?;
         }
-        let up = self.bring_up(&member_id, true).await?;
-        self.audit(
-            member_id.as_str(),
-            "update.completed",
-            "ok",
-            serde_json::to_value(&up).unwrap_or(Value::Null),
-        )
-        .await;
+        self.bring_up_audited(&member_id, "update.completed")
+            .await?;
         self.store
             .finish_inbox(inbox_id, "processed", (self.now)())
             .await
@@ -427,20 +421,34 @@ impl Lifecycle {
             return Err(JobError::permanent("reconcile job without member_id"));
         };
         let member_id = MemberId::parse(&m).map_err(|e| JobError::permanent(e.to_string()))?;
-        let up = self.bring_up(&member_id, true).await?;
-        self.audit(
-            &m,
-            "reconcile.completed",
-            "ok",
-            serde_json::to_value(&up).unwrap_or(Value::Null),
-        )
-        .await;
+        self.bring_up_audited(&member_id, "reconcile.completed")
+            .await?;
         Ok(())
     }
 
     /// Probe, reconcile and migrate one portal; with `apply` false nothing is
     /// changed on the portal (dry run) and the plan is returned in `BringUp`.
     pub async fn bring_up(&self, member_id: &MemberId, apply: bool) -> Result<BringUp, JobError> {
+        self.bring_up_with(member_id, apply, None).await
+    }
+
+    /// [`Lifecycle::bring_up`] that applies and appends the audit entry
+    /// `action` (outcome `ok`, the [`BringUp`] as detail) with what it
+    /// records — in the same transaction when no migration is configured.
+    pub async fn bring_up_audited(
+        &self,
+        member_id: &MemberId,
+        action: &str,
+    ) -> Result<BringUp, JobError> {
+        self.bring_up_with(member_id, true, Some(action)).await
+    }
+
+    async fn bring_up_with(
+        &self,
+        member_id: &MemberId,
+        apply: bool,
+        audit: Option<&str>,
+    ) -> Result<BringUp, JobError> {
         let portal = self.client.portal(member_id);
         let mut probe_batch = Batch::new()
             .add("scope", "scope", json!({}))
@@ -524,20 +532,12 @@ impl Lifecycle {
             .iter()
             .filter_map(|s| wire::Scope::parse(s).ok())
             .collect();
-        let now = (self.now)();
-        if apply {
-            self.store
-                .update_profile(
-                    member_id.as_str(),
-                    &scopes,
-                    &profile,
-                    plan_text,
-                    license.as_deref(),
-                    now,
-                )
-                .await
-                .map_err(retry)?;
-        }
+        let probed = store::ProbedProfile {
+            scopes: &scopes,
+            profile: &profile,
+            plan: plan_text,
+            license: license.as_deref(),
+        };
         let mut actual = reconcile::parse_event_get(&ok("event_get").unwrap_or(Value::Null));
         actual.extend(reconcile::parse_placement_get(
             &ok("placement_get").unwrap_or(Value::Null),
@@ -588,7 +588,28 @@ impl Lifecycle {
         let mut bound = Vec::new();
         let mut unbound = Vec::new();
         if !changes.is_empty() {
-            let out = portal.batch(&changes).await.map_err(client_failure)?;
+            let out = match portal.batch(&changes).await {
+                Ok(out) => out,
+                Err(e) => {
+                    // The probe's findings stand even though the binds did
+                    // not go through.
+                    if let Err(e) = self
+                        .store
+                        .update_profile(
+                            member_id.as_str(),
+                            &scopes,
+                            &profile,
+                            plan_text,
+                            license.as_deref(),
+                            (self.now)(),
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "recording the probe failed");
+                    }
+                    return Err(client_failure(e));
+                }
+            };
             up.requests += out.requests;
             for (i, d) in plan.bind.iter().enumerate() {
                 let r = match out.get(&format!("b{i}")) {
@@ -621,8 +642,32 @@ impl Lifecycle {
             }
         }
         let records = reconcile::records(&plan, &bound, &unbound);
+        let mut record = store::BringUpRecord {
+            member_id: member_id.as_str(),
+            profile: Some(probed),
+            bindings: &records,
+            version: None,
+            audit: None,
+        };
+        if self.config.migrations.is_empty() {
+            // Nothing to migrate: probe, bindings, version and the audit
+            // entry in one transaction.
+            record.version = Some(self.config.app.version);
+            record.audit = audit.map(|action| store::NewAudit {
+                member_id: Some(member_id.as_str()),
+                actor: "engine",
+                action,
+                outcome: "ok",
+                detail: serde_json::to_value(&up).unwrap_or(Value::Null),
+            });
+            self.store
+                .record_bring_up(&record, (self.now)())
+                .await
+                .map_err(retry)?;
+            return Ok(up);
+        }
         self.store
-            .replace_bindings(member_id.as_str(), &records, (self.now)())
+            .record_bring_up(&record, (self.now)())
             .await
             .map_err(retry)?;
         up.migrations = self.migrate(member_id).await?;
@@ -630,6 +675,15 @@ impl Lifecycle {
             .set_installed_version(member_id.as_str(), self.config.app.version, (self.now)())
             .await
             .map_err(retry)?;
+        if let Some(action) = audit {
+            self.audit(
+                member_id.as_str(),
+                action,
+                "ok",
+                serde_json::to_value(&up).unwrap_or(Value::Null),
+            )
+            .await;
+        }
         Ok(up)
     }
 

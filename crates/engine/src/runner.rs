@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use store::{FailOutcome, Job, Store};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::NowFn;
@@ -135,13 +135,22 @@ pub fn start(store: Store, handlers: Handlers, now: NowFn, opts: RunnerOptions) 
     let (stop, stop_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
+    let (done, done_rx) = mpsc::unbounded_channel();
     let w = Arc::new(Worker {
         store: store.clone(),
         handlers: Arc::new(handlers),
         now: now.clone(),
         id: opts.worker_id.clone(),
         lease: opts.lease,
+        done,
     });
+    // Ends when the last worker is gone (the claimer, after its jobs).
+    tasks.spawn(completer(
+        store.clone(),
+        opts.worker_id.clone(),
+        now.clone(),
+        done_rx,
+    ));
     tasks.spawn(claimer(w, opts.clone(), wake.clone(), stop_rx.clone()));
     tasks.spawn(rescuer(store, now, opts.clone(), stop_rx));
     RunningPool {
@@ -159,7 +168,50 @@ struct Worker {
     /// This process's name in `locked_by`.
     id: String,
     lease: Duration,
+    /// To the [`completer`].
+    done: mpsc::UnboundedSender<Completion>,
 }
+
+/// A finished job to mark completed, and who waits for the answer (whether
+/// it was still this worker's).
+type Completion = (i64, oneshot::Sender<Result<bool, String>>);
+
+/// Most completions committed in one transaction.
+const MAX_COMPLETIONS: usize = 256;
+
+/// Marks finished jobs completed in groups: the jobs that finish while one
+/// commit is in flight share the next one (one transaction, one fsync)
+/// instead of a commit each. A worker waits for its job's commit before it
+/// frees its slot, as with one commit each.
+async fn completer(
+    store: Store,
+    worker: String,
+    now: NowFn,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    let mut batch: Vec<Completion> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_COMPLETIONS {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        let outcome = store.complete_jobs(&ids, &worker, now()).await;
+        for (id, reply) in batch.drain(..) {
+            let r = match &outcome {
+                Ok(done) => Ok(done.contains(&id)),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = reply.send(r);
+        }
+    }
+}
+
+/// How long a nearly full pool waits for more free slots before it claims.
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
 /// Claims as many due jobs as there are free slots, in one claim (one
 /// transaction, not one per job), and runs each in a task of its own, at
@@ -172,6 +224,7 @@ async fn claimer(
     mut stop: watch::Receiver<bool>,
 ) {
     let workers = opts.workers.max(1);
+    let min_claim = (workers / 8).max(1);
     let lease_ms = w.lease.as_millis() as i64;
     let mut running: JoinSet<()> = JoinSet::new();
     loop {
@@ -179,13 +232,31 @@ async fn claimer(
         if *stop.borrow() {
             break;
         }
-        let free = workers.saturating_sub(running.len());
+        let mut free = workers.saturating_sub(running.len());
         if free == 0 {
             tokio::select! {
                 _ = running.join_next() => {}
                 _ = stop.changed() => {}
             }
             continue;
+        }
+        // A claim is a commit: with the pool nearly full, give more slots a
+        // moment to free up so one claim fills several (a busy pool would
+        // otherwise commit a claim per finished job).
+        if free < min_claim && !running.is_empty() {
+            let gather = tokio::time::sleep(CLAIM_GATHER);
+            tokio::pin!(gather);
+            while workers.saturating_sub(running.len()) < min_claim && !running.is_empty() {
+                tokio::select! {
+                    _ = running.join_next() => {}
+                    _ = &mut gather => break,
+                    _ = stop.changed() => break,
+                }
+            }
+            if *stop.borrow() {
+                break;
+            }
+            free = workers.saturating_sub(running.len());
         }
         let claimed = match w
             .store
@@ -217,6 +288,21 @@ async fn claimer(
 }
 
 impl Worker {
+    /// Marks a job completed through the [`completer`] (directly if it is
+    /// gone); false if the job was no longer this worker's.
+    async fn complete(&self, id: i64, now: i64) -> Result<bool, String> {
+        let (tx, rx) = oneshot::channel();
+        if self.done.send((id, tx)).is_ok()
+            && let Ok(r) = rx.await
+        {
+            return r;
+        }
+        self.store
+            .complete_job(id, &self.id, now)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn run_one(&self, job: Job) {
         let Some(handler) = self.handlers.get(&job.kind).cloned() else {
             let _ = self
@@ -264,7 +350,7 @@ impl Worker {
         let now = (self.now)();
         let outcome = match result {
             Ok(()) => {
-                if let Err(e) = self.store.complete_job(job.id, &self.id, now).await {
+                if let Err(e) = self.complete(job.id, now).await {
                     tracing::warn!(error = %e, job = job.id, "completing a job failed");
                 }
                 return;

@@ -5,6 +5,9 @@
 //! `event.get`/`placement.get` listed it at the last check, `state` what the
 //! reconciler concluded, `last_result` the outcome of the last bind/unbind.
 
+use wire::Scope;
+
+use crate::audit::{INSERT_AUDIT, NewAudit};
 use crate::{Result, Store, StoreError, UnixMillis, with_pool, with_tx};
 
 /// A binding's identity and settings.
@@ -95,7 +98,123 @@ impl TryFrom<Row> for MatrixRow {
     }
 }
 
+/// The capability probe's result as a portal records it.
+#[derive(Debug, Clone)]
+pub struct ProbedProfile<'a> {
+    pub scopes: &'a [Scope],
+    pub profile: &'a serde_json::Value,
+    pub plan: &'a str,
+    /// Kept when `None`.
+    pub license: Option<&'a str>,
+}
+
+/// Everything one reconcile of a portal records, written by
+/// [`Store::record_bring_up`] in one transaction.
+#[derive(Debug, Clone)]
+pub struct BringUpRecord<'a> {
+    pub member_id: &'a str,
+    /// The probe's result ([`Store::update_profile`]).
+    pub profile: Option<ProbedProfile<'a>>,
+    /// The whole binding picture ([`Store::replace_bindings`]).
+    pub bindings: &'a [BindingRecord],
+    /// The manifest version reached ([`Store::set_installed_version`]);
+    /// `None` while migrations are still to run.
+    pub version: Option<i64>,
+    /// Appended with the rest ([`Store::append_audit`]).
+    pub audit: Option<NewAudit<'a>>,
+}
+
+const INSERT_BINDING: &str = "INSERT INTO bindings (member_id, kind, name, mode, handler, connector, \
+    auth_type, owner, options, expected, actual, state, reason, last_result, last_checked_at, \
+    updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)";
+
+/// Replaces `$member_id`'s binding rows inside the transaction `$tx`.
+macro_rules! write_bindings {
+    ($tx:ident, $member_id:expr, $records:expr, $now:expr) => {{
+        let member_id: &str = $member_id;
+        sqlx::query("DELETE FROM bindings WHERE member_id = $1")
+            .bind(member_id)
+            .execute(&mut *$tx)
+            .await?;
+        for r in $records {
+            sqlx::query(INSERT_BINDING)
+                .bind(member_id)
+                .bind(&r.key.kind)
+                .bind(&r.key.name)
+                .bind(&r.key.mode)
+                .bind(&r.key.handler)
+                .bind(&r.key.connector)
+                .bind(r.auth_type)
+                .bind(r.owner.as_deref())
+                .bind(r.options.to_string())
+                .bind(r.expected)
+                .bind(r.actual)
+                .bind(&r.state)
+                .bind(r.reason.as_deref())
+                .bind(r.last_result.as_deref())
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 impl Store {
+    /// Records a reconcile's outcome — probe profile, binding picture,
+    /// version reached, audit entry — in one transaction, so a portal is
+    /// never seen at the new version without its bindings (and it costs one
+    /// commit, not four). Fails with [`StoreError::PortalNotFound`] (and
+    /// writes nothing) if the portal is gone.
+    pub async fn record_bring_up(&self, r: &BringUpRecord<'_>, now: UnixMillis) -> Result<()> {
+        const PORTAL: &str = "UPDATE portals SET \
+            scopes = CASE WHEN $2 THEN $3 ELSE scopes END, \
+            profile = CASE WHEN $2 THEN $4 ELSE profile END, \
+            plan = CASE WHEN $2 THEN $5 ELSE plan END, \
+            license = COALESCE($6, license), \
+            installed_version = COALESCE($7, installed_version), updated_at = $8 \
+            WHERE member_id = $1";
+        let probed = r.profile.as_ref();
+        let scopes = probed.map(|p| {
+            p.scopes
+                .iter()
+                .map(Scope::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let profile = probed.map(|p| p.profile.to_string());
+        let audit = r.audit.as_ref().map(|a| (a, a.detail.to_string()));
+        with_tx!(self, |tx| {
+            let n = sqlx::query(PORTAL)
+                .bind(r.member_id)
+                .bind(probed.is_some())
+                .bind(scopes.as_deref())
+                .bind(profile.as_deref())
+                .bind(probed.map(|p| p.plan))
+                .bind(probed.and_then(|p| p.license))
+                .bind(r.version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::PortalNotFound(r.member_id.to_owned()));
+            }
+            write_bindings!(tx, r.member_id, r.bindings, now);
+            if let Some((a, detail)) = &audit {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(now)
+                    .bind(a.member_id)
+                    .bind(a.actor)
+                    .bind(a.action)
+                    .bind(a.outcome)
+                    .bind(detail.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        })
+    }
+
     /// Replaces a portal's whole binding picture with the reconciler's view
     /// (rows not in `records` are deleted), in one transaction.
     pub async fn replace_bindings(
@@ -104,34 +223,8 @@ impl Store {
         records: &[BindingRecord],
         now: UnixMillis,
     ) -> Result<()> {
-        const INSERT: &str = "INSERT INTO bindings (member_id, kind, name, mode, handler, connector, \
-            auth_type, owner, options, expected, actual, state, reason, last_result, last_checked_at, \
-            updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)";
         with_tx!(self, |tx| {
-            sqlx::query("DELETE FROM bindings WHERE member_id = $1")
-                .bind(member_id)
-                .execute(&mut *tx)
-                .await?;
-            for r in records {
-                sqlx::query(INSERT)
-                    .bind(member_id)
-                    .bind(&r.key.kind)
-                    .bind(&r.key.name)
-                    .bind(&r.key.mode)
-                    .bind(&r.key.handler)
-                    .bind(&r.key.connector)
-                    .bind(r.auth_type)
-                    .bind(r.owner.as_deref())
-                    .bind(r.options.to_string())
-                    .bind(r.expected)
-                    .bind(r.actual)
-                    .bind(&r.state)
-                    .bind(r.reason.as_deref())
-                    .bind(r.last_result.as_deref())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            write_bindings!(tx, member_id, records, now);
             Ok::<_, StoreError>(())
         })
     }

@@ -182,6 +182,12 @@ macro_rules! insert_job {
 }
 pub(crate) use insert_job;
 
+/// Jobs per transaction of [`Store::enqueue_jobs`].
+pub const ENQUEUE_CHUNK: usize = 500;
+/// Ids per statement of [`Store::complete_jobs`] (well under either
+/// dialect's limit on bound parameters).
+const COMPLETE_CHUNK: usize = 500;
+
 /// Longest error text kept on a job (the tail is cut).
 const MAX_ERROR_LEN: usize = 2000;
 
@@ -200,6 +206,28 @@ impl Store {
     /// Adds a job, or finds the live one with the same `unique_key`.
     pub async fn enqueue_job(&self, job: &NewJob<'_>, now: UnixMillis) -> Result<Enqueued> {
         with_tx!(self, |tx| Ok::<_, StoreError>(insert_job!(tx, job, now)))
+    }
+
+    /// Adds many jobs, [`Store::enqueue_job`] for each, in transactions of
+    /// up to [`ENQUEUE_CHUNK`] jobs (one commit per chunk instead of one per
+    /// job). The outcomes are in the order of `jobs`.
+    pub async fn enqueue_jobs(
+        &self,
+        jobs: &[NewJob<'_>],
+        now: UnixMillis,
+    ) -> Result<Vec<Enqueued>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let part = with_tx!(self, |tx| {
+                let mut part = Vec::with_capacity(chunk.len());
+                for job in chunk {
+                    part.push(insert_job!(tx, job, now));
+                }
+                Ok::<_, StoreError>(part)
+            })?;
+            out.extend(part);
+        }
+        Ok(out)
     }
 
     /// Claims up to `limit` runnable jobs for `worker`, leased for `lease_ms`.
@@ -260,6 +288,41 @@ impl Store {
             .await
             .map(|r| r.rows_affected()))?;
         Ok(n == 1)
+    }
+
+    /// [`Store::complete_job`] for many of `worker`'s jobs in one
+    /// transaction; returns the ids that were completed (the others were no
+    /// longer theirs).
+    pub async fn complete_jobs(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<i64>> {
+        let mut done = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(COMPLETE_CHUNK) {
+            // `$3…$n`: one placeholder per id (both dialects number them).
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE jobs SET state = 'completed', finalized_at = $2, locked_by = NULL, \
+                 locked_until = NULL WHERE locked_by = $1 AND state = 'running' AND id IN ({list}) \
+                 RETURNING id"
+            );
+            let part: Vec<i64> = with_pool!(self, write, |p| {
+                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(worker)
+                    .bind(now);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(p).await
+            })?;
+            done.extend(part);
+        }
+        Ok(done)
     }
 
     /// Records a failed attempt: retry at `retry_at`, or dead-letter when

@@ -45,13 +45,14 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditEntry, AuditFilter, NewAudit};
-pub use bindings::{BindingKey, BindingRecord, MatrixRow};
+pub use bindings::{BindingKey, BindingRecord, BringUpRecord, MatrixRow, ProbedProfile};
 pub use credentials::{Credentials, TokenSet};
 pub use crypto::{CryptoError, Keyring};
 pub use inbox::{Appended, InboxEvent, NewInboxEvent};
 pub use jobs::{Enqueued, FailOutcome, Job, JobFilter, NewJob};
 pub use portals::{InstallOutcome, Portal, TokenCheck, VerifiedInstall};
 pub use progress::{DrainState, DrainUpdate, MigrationState, PendingCall};
+pub use rate::RateRequest;
 pub use status::PortalStatus;
 
 /// Unix time in milliseconds, as every timestamp column holds it.

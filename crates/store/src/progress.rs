@@ -71,6 +71,31 @@ fn pending_ctx(member_id: &str, fingerprint: &str) -> String {
 }
 
 impl Store {
+    /// How many portals are `installed`, and how many of those are recorded
+    /// at manifest `version` or later: how far a version bump has got.
+    pub async fn version_census(&self, version: i64) -> Result<(i64, i64)> {
+        const SQL: &str = "SELECT COUNT(*), \
+            COALESCE(SUM(CASE WHEN installed_version >= $1 THEN 1 ELSE 0 END), 0) \
+            FROM portals WHERE status = 'installed'";
+        let (all, at): (i64, i64) = with_pool!(self, read, |p| sqlx::query_as(SQL)
+            .bind(version)
+            .fetch_one(p)
+            .await)?;
+        Ok((all, at))
+    }
+
+    /// `installed` portals recorded below manifest `version` (or at none):
+    /// what the version-drift check reconciles.
+    pub async fn portals_below_version(&self, version: i64) -> Result<Vec<String>> {
+        const SQL: &str = "SELECT member_id FROM portals WHERE status = 'installed' \
+            AND (installed_version IS NULL OR installed_version < $1) ORDER BY member_id";
+        let rows: Vec<String> = with_pool!(self, read, |p| sqlx::query_scalar(SQL)
+            .bind(version)
+            .fetch_all(p)
+            .await)?;
+        Ok(rows)
+    }
+
     pub async fn migration_state(
         &self,
         member_id: &str,

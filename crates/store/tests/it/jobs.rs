@@ -12,6 +12,8 @@ crate::conformance!(
     serial_key_keeps_order_and_never_interleaves,
     uninstall_cancels_a_portals_jobs,
     leases_are_exclusive_until_they_expire,
+    enqueue_jobs_chunks_and_dedupes_like_enqueue_job,
+    complete_jobs_completes_only_the_workers_running_jobs,
 );
 
 fn job<'a>(kind: &'a str, payload: &'a serde_json::Value) -> NewJob<'a> {
@@ -386,4 +388,114 @@ async fn leases_are_exclusive_until_they_expire(db: &TestDb) {
             .unwrap()
     );
     b.close().await;
+}
+
+async fn enqueue_jobs_chunks_and_dedupes_like_enqueue_job(db: &TestDb) {
+    let s = &db.store;
+    let p = serde_json::json!({"n": 1});
+    let live = s
+        .enqueue_job(
+            &NewJob {
+                unique_key: Some("reconcile:0"),
+                ..job("reconcile", &p)
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    // More than one transaction's worth, one key twice, one already live.
+    let n = store::jobs::ENQUEUE_CHUNK + 7;
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("reconcile:{}", i.min(n - 2)))
+        .collect();
+    let jobs: Vec<NewJob<'_>> = keys
+        .iter()
+        .map(|k| NewJob {
+            unique_key: Some(k),
+            ..job("reconcile", &p)
+        })
+        .collect();
+    let out = s.enqueue_jobs(&jobs, T0).await.unwrap();
+    assert_eq!(out.len(), n);
+    assert_eq!(out[0], Enqueued::Duplicate(live.id()));
+    let created: Vec<i64> = out
+        .iter()
+        .filter_map(|e| match e {
+            Enqueued::Created(id) => Some(*id),
+            Enqueued::Duplicate(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        created.len(),
+        n - 2,
+        "the live key and the repeat are duplicates"
+    );
+    assert_eq!(out[n - 1], Enqueued::Duplicate(out[n - 2].id()));
+    let ids: HashSet<i64> = created.iter().copied().collect();
+    assert_eq!(ids.len(), created.len());
+    let all = s
+        .list_jobs(&JobFilter {
+            state: Some("available"),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), n - 1);
+    assert!(s.enqueue_jobs(&[], T0).await.unwrap().is_empty());
+}
+
+async fn complete_jobs_completes_only_the_workers_running_jobs(db: &TestDb) {
+    let s = &db.store;
+    let p = serde_json::json!({"n": 1});
+    for _ in 0..6 {
+        s.enqueue_job(&job("forward", &p), T0).await.unwrap();
+    }
+    let mine: Vec<i64> = s
+        .claim_jobs("w1", 4, 30_000, T0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let theirs = s.claim_jobs("w2", 1, 30_000, T0).await.unwrap()[0].id;
+    let waiting = s
+        .list_jobs(&JobFilter {
+            state: Some("available"),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap()[0]
+        .id;
+    // A failed one is no longer running.
+    s.fail_job(mine[3], "w1", "boom", Some(T0 + 10), T0)
+        .await
+        .unwrap();
+    let mut ask = mine.clone();
+    ask.extend([theirs, waiting]);
+    let mut done = s.complete_jobs(&ask, "w1", T0 + 5).await.unwrap();
+    done.sort_unstable();
+    assert_eq!(done, mine[..3].to_vec());
+    for id in &mine[..3] {
+        let j = s.get_job(*id).await.unwrap().unwrap();
+        assert_eq!(j.state, "completed");
+        assert_eq!(j.finalized_at, Some(T0 + 5));
+        assert_eq!(j.locked_by, None);
+    }
+    assert_eq!(
+        s.get_job(mine[3]).await.unwrap().unwrap().state,
+        "retryable"
+    );
+    assert_eq!(s.get_job(theirs).await.unwrap().unwrap().state, "running");
+    assert_eq!(
+        s.get_job(waiting).await.unwrap().unwrap().state,
+        "available"
+    );
+    // Again: nothing left to complete.
+    assert!(
+        s.complete_jobs(&mine, "w1", T0 + 6)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.complete_jobs(&[], "w1", T0 + 6).await.unwrap().is_empty());
 }

@@ -1,4 +1,7 @@
-use store::{BindingKey, BindingRecord, DrainUpdate, MigrationState};
+use store::{
+    AuditFilter, BindingKey, BindingRecord, BringUpRecord, DrainUpdate, MigrationState, NewAudit,
+    PortalStatus, ProbedProfile, StoreError,
+};
 
 use crate::common::{Install, T0, TestDb};
 
@@ -8,6 +11,8 @@ crate::conformance!(
     drain_keeps_its_process_id_until_cleared,
     parked_calls_keep_their_token_sealed,
     reinstall_repairs_residue_of_the_old_install,
+    bring_up_record_is_written_whole_or_not_at_all,
+    version_census_and_drift_list,
 );
 
 fn rec(name: &str, handler: &str, state: &str) -> BindingRecord {
@@ -265,4 +270,149 @@ async fn reinstall_repairs_residue_of_the_old_install(db: &TestDb) {
         "expired"
     );
     assert!(s.drain_state(m, "").await.unwrap().is_none());
+}
+
+async fn bring_up_record_is_written_whole_or_not_at_all(db: &TestDb) {
+    let s = &db.store;
+    let i = Install::new("acme");
+    let m = i.member_id.as_str();
+    s.record_verified_install(&i.verified(), T0).await.unwrap();
+    s.replace_bindings(
+        m,
+        &[rec("ONCRMDEALADD", "https://g/b24/events", "bound")],
+        T0,
+    )
+    .await
+    .unwrap();
+    let scopes = [wire::Scope::parse("crm").unwrap()];
+    let profile = serde_json::json!({"features": {"rest_offline_extended": true}});
+    let records = [
+        rec("ONCRMDEALADD", "https://g/b24/events", "bound"),
+        rec("ONCRMDEALUPDATE", "https://g/b24/events", "bound"),
+    ];
+    s.record_bring_up(
+        &BringUpRecord {
+            member_id: m,
+            profile: Some(ProbedProfile {
+                scopes: &scopes,
+                profile: &profile,
+                plan: "enterprise",
+                license: Some("ent250"),
+            }),
+            bindings: &records,
+            version: Some(2),
+            audit: Some(NewAudit {
+                member_id: Some(m),
+                actor: "engine",
+                action: "reconcile.completed",
+                outcome: "ok",
+                detail: serde_json::json!({"bound": 1}),
+            }),
+        },
+        T0 + 1,
+    )
+    .await
+    .unwrap();
+    let p = s.get_portal(m).await.unwrap().unwrap();
+    assert_eq!(p.installed_version, Some(2));
+    assert_eq!(p.profile, profile);
+    assert_eq!(p.plan, "enterprise");
+    assert_eq!(p.license.as_deref(), Some("ent250"));
+    assert_eq!(p.scopes, scopes);
+    let rows = s.binding_matrix(Some(m)).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.last_checked_at == Some(T0 + 1)));
+    let audit = s
+        .list_audit(&AuditFilter {
+            member_id: Some(m),
+            action_prefix: Some("reconcile."),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].at, T0 + 1);
+    assert_eq!(audit[0].detail_json()["bound"], 1);
+
+    // Without a probe or a version, those stay as they were.
+    s.record_bring_up(
+        &BringUpRecord {
+            member_id: m,
+            profile: None,
+            bindings: &records[..1],
+            version: None,
+            audit: None,
+        },
+        T0 + 2,
+    )
+    .await
+    .unwrap();
+    let p = s.get_portal(m).await.unwrap().unwrap();
+    assert_eq!((p.installed_version, p.profile), (Some(2), profile.clone()));
+    assert_eq!(p.plan, "enterprise");
+    assert_eq!(s.binding_matrix(Some(m)).await.unwrap().len(), 1);
+
+    // An unknown portal: an error, and nothing of it is written.
+    let ghost = Install::new("ghost");
+    let g = ghost.member_id.as_str();
+    let err = s
+        .record_bring_up(
+            &BringUpRecord {
+                member_id: g,
+                profile: None,
+                bindings: &records,
+                version: Some(2),
+                audit: Some(NewAudit {
+                    member_id: Some(g),
+                    actor: "engine",
+                    action: "reconcile.completed",
+                    outcome: "ok",
+                    detail: serde_json::json!({}),
+                }),
+            },
+            T0 + 3,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PortalNotFound(_)), "{err}");
+    assert!(s.binding_matrix(Some(g)).await.unwrap().is_empty());
+    let none = s
+        .list_audit(&AuditFilter {
+            member_id: Some(g),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+async fn version_census_and_drift_list(db: &TestDb) {
+    let s = &db.store;
+    let mut members = Vec::new();
+    for (tag, version) in [("a", Some(1)), ("b", Some(2)), ("c", None), ("d", Some(3))] {
+        let i = Install::new(tag);
+        let m = i.member_id.as_str().to_owned();
+        s.record_verified_install(&i.verified(), T0).await.unwrap();
+        s.set_status(&m, PortalStatus::Installed, None, "engine", T0)
+            .await
+            .unwrap();
+        if let Some(v) = version {
+            s.set_installed_version(&m, v, T0).await.unwrap();
+        }
+        members.push(m);
+    }
+    // Installing (not yet installed) portals are neither counted nor listed.
+    let pending = Install::new("e");
+    s.record_verified_install(&pending.verified(), T0)
+        .await
+        .unwrap();
+    assert_eq!(s.version_census(2).await.unwrap(), (4, 2));
+    assert_eq!(s.version_census(4).await.unwrap(), (4, 0));
+    let mut want = vec![members[0].clone(), members[2].clone()];
+    want.sort();
+    assert_eq!(s.portals_below_version(2).await.unwrap(), want);
+    assert_eq!(
+        s.portals_below_version(1).await.unwrap(),
+        vec![members[2].clone()]
+    );
 }

@@ -2,7 +2,8 @@ use crate::common::{T0, TestDb};
 
 crate::conformance!(
     shared_bucket_allows_burst_then_drains,
-    shared_bucket_holds_across_handles
+    shared_bucket_holds_across_handles,
+    grouped_reservations_match_one_by_one
 );
 
 async fn shared_bucket_allows_burst_then_drains(db: &TestDb) {
@@ -66,4 +67,31 @@ async fn shared_bucket_holds_across_handles(db: &TestDb) {
     let expected: Vec<i64> = (0..20).map(|_| 0).chain((1..=40).map(|k| k * 10)).collect();
     assert_eq!(waits, expected);
     b.close().await;
+}
+
+async fn grouped_reservations_match_one_by_one(db: &TestDb) {
+    let s = &db.store;
+    // Burst 2 at 500 ms: two portals interleaved, in order, one commit.
+    let req = |m: &'static str, now: i64| store::RateRequest {
+        member_id: m,
+        interval_ms: 500.0,
+        burst: 2,
+        now,
+    };
+    let waits = s
+        .reserve_rate_slots(&[
+            req("g1", T0),
+            req("g2", T0),
+            req("g1", T0),
+            req("g1", T0),
+            req("g2", T0),
+            req("g1", T0 + 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(waits, [0, 0, 0, 500, 0, 999]);
+    // The same buckets as the one-by-one reservation sees.
+    assert_eq!(s.reserve_rate_slot("g2", 500.0, 2, T0).await.unwrap(), 500);
+    assert_eq!(s.reserve_rate_slot("g1", 500.0, 2, T0).await.unwrap(), 1500);
+    assert!(s.reserve_rate_slots(&[]).await.unwrap().is_empty());
 }
