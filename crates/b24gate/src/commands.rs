@@ -345,7 +345,11 @@ async fn serve(config: Config, secrets: Secrets) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr())
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
-    let store = Store::open(&config.server.database_url, keys, &OpenOptions::default()).await?;
+    let store_opts = OpenOptions {
+        portal_cache_ttl: config.server.portal_cache_ttl,
+        ..OpenOptions::default()
+    };
+    let store = Store::open(&config.server.database_url, keys, &store_opts).await?;
     store.migrate().await?;
     let mut opts = crate::gateway::GatewayOptions::default();
     opts.engine.runner.workers = config.server.workers as usize;

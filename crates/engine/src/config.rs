@@ -134,10 +134,19 @@ pub struct ServerConfig {
     /// takes the job over once it runs out.
     #[serde(default = "default_job_lease", with = "duration_text")]
     pub job_lease: Duration,
+    /// How long the ingest path may answer a portal's token check from
+    /// memory; a change made by another instance on the same database is
+    /// seen at most this late (`0s` turns the cache off).
+    #[serde(default = "default_portal_cache_ttl", with = "duration_text")]
+    pub portal_cache_ttl: Duration,
 }
 
 fn default_job_lease() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_portal_cache_ttl() -> Duration {
+    store::portals::DEFAULT_PORTAL_CACHE_TTL
 }
 
 impl Default for ServerConfig {
@@ -148,6 +157,7 @@ impl Default for ServerConfig {
             database_url: default_database_url(),
             allow_insecure_http: false,
             job_lease: default_job_lease(),
+            portal_cache_ttl: default_portal_cache_ttl(),
             workers: default_workers(),
             body_limit_bytes: default_body_limit(),
         }
@@ -465,7 +475,7 @@ const NON_CONFIG_VARS: [&str; 6] = [
 ];
 
 /// Scalar and list keys settable from the environment, with their kind.
-const ENV_KEYS: [(&str, EnvKind); 22] = [
+const ENV_KEYS: [(&str, EnvKind); 23] = [
     ("metrics.open", EnvKind::Bool),
     ("metrics.portal_label", EnvKind::Bool),
     ("server.listen", EnvKind::Text),
@@ -475,6 +485,7 @@ const ENV_KEYS: [(&str, EnvKind); 22] = [
     ("server.workers", EnvKind::Int),
     ("server.body_limit_bytes", EnvKind::Int),
     ("server.job_lease", EnvKind::Text),
+    ("server.portal_cache_ttl", EnvKind::Text),
     ("offline.allow_lossy_clear", EnvKind::Bool),
     ("offline.batch", EnvKind::Int),
     ("offline.drain_every", EnvKind::Text),
@@ -631,6 +642,9 @@ impl Config {
         }
         if self.server.job_lease < Duration::from_secs(1) {
             return Err(err("server.job_lease", "must be at least 1s"));
+        }
+        if self.server.portal_cache_ttl > Duration::from_secs(60) {
+            return Err(err("server.portal_cache_ttl", "must be at most 60s"));
         }
         if !(1..=1000).contains(&self.offline.batch) {
             return Err(err("offline.batch", "must be between 1 and 1000"));

@@ -2,11 +2,18 @@
 //! task and waits; the task takes everything queued (up to a batch size) and
 //! appends it in one transaction, so N concurrent requests cost one fsync,
 //! not N. A request is answered only after its batch committed.
+//!
+//! Pipelined: up to [`WriterOptions::in_flight`] batches are being committed
+//! at once (each is one statement, see [`Store::append_inbox`]). The writer
+//! gathers the next batch as soon as a slot is free; on PostgreSQL, where two
+//! are in flight, batch N+1 commits on another connection while batch N waits
+//! for its WAL flush. When every slot is busy, new requests queue and make
+//! the next batch larger.
 
 use std::sync::Arc;
-use store::{Appended, NewInboxEvent, Store};
+use store::{Appended, Backend, NewInboxEvent, Store};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::NowFn;
 
@@ -49,16 +56,59 @@ pub struct InboxWriter {
     tx: mpsc::Sender<Pending>,
 }
 
+/// How the writer batches.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Most events in one transaction.
+    pub max_batch: usize,
+    /// Most batches being committed at once.
+    pub in_flight: usize,
+}
+
+impl WriterOptions {
+    /// The defaults for `backend`: batches of up to 256. On SQLite one in
+    /// flight: there is one write connection, and a second batch taken while
+    /// the first commits would be small (the first batch's senders have not
+    /// sent again yet) and only wait. On PostgreSQL two: each commits on a
+    /// connection of its own (the pool is shared with the engine, so not
+    /// more) and the server flushes the WAL for both at once.
+    pub fn for_backend(backend: Backend) -> WriterOptions {
+        WriterOptions {
+            max_batch: 256,
+            in_flight: match backend {
+                Backend::Sqlite => 1,
+                Backend::Postgres => 2,
+            },
+        }
+    }
+}
+
 impl InboxWriter {
-    /// Starts the writer task; batches hold at most `max_batch` events.
+    /// Starts the writer task on the current runtime; batches hold at most
+    /// `max_batch` events, and the backend's default number are in flight.
     pub fn start(
         store: Store,
         now: NowFn,
         max_batch: usize,
         wake: Option<Arc<Notify>>,
     ) -> InboxWriter {
-        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(run(store, now, rx, max_batch.max(1), wake));
+        let opts = WriterOptions {
+            max_batch,
+            ..WriterOptions::for_backend(store.backend())
+        };
+        Self::start_with(store, now, opts, wake)
+    }
+
+    /// As [`InboxWriter::start`], with every option given.
+    pub fn start_with(
+        store: Store,
+        now: NowFn,
+        opts: WriterOptions,
+        wake: Option<Arc<Notify>>,
+    ) -> InboxWriter {
+        let max_batch = opts.max_batch.max(1);
+        let (tx, rx) = mpsc::channel(max_batch * 4);
+        tokio::spawn(run(store, now, rx, max_batch, opts.in_flight.max(1), wake));
         InboxWriter { tx }
     }
 
@@ -78,10 +128,24 @@ async fn run(
     now: NowFn,
     mut rx: mpsc::Receiver<Pending>,
     max_batch: usize,
+    in_flight: usize,
     wake: Option<Arc<Notify>>,
 ) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    loop {
+        // A free slot first: while all are busy, requests queue in the
+        // channel and the next batch takes them all.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            // Every handle is gone: return once the batches in flight are
+            // answered.
+            drop(slot);
+            let _ = slots.acquire_many(in_flight as u32).await;
+            return;
+        };
+        let mut batch: Vec<Pending> = Vec::with_capacity(max_batch.min(64));
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -89,24 +153,33 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let events: Vec<NewInboxEvent<'_>> = batch.iter().map(|p| p.event.borrow()).collect();
-        let result = store.append_inbox(&events, now()).await;
-        drop(events);
-        match result {
-            Ok(outcomes) => {
-                for (p, o) in batch.drain(..).zip(outcomes) {
-                    let _ = p.reply.send(Ok(o));
-                }
-                if let Some(w) = &wake {
-                    w.notify_one();
-                }
+        let (store, now, wake) = (store.clone(), now.clone(), wake.clone());
+        tokio::spawn(async move {
+            commit(&store, now(), batch, wake.as_deref()).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Appends one batch and answers each of its requests.
+async fn commit(store: &Store, now: i64, mut batch: Vec<Pending>, wake: Option<&Notify>) {
+    let events: Vec<NewInboxEvent<'_>> = batch.iter().map(|p| p.event.borrow()).collect();
+    let result = store.append_inbox(&events, now).await;
+    drop(events);
+    match result {
+        Ok(outcomes) => {
+            for (p, o) in batch.drain(..).zip(outcomes) {
+                let _ = p.reply.send(Ok(o));
             }
-            Err(e) => {
-                tracing::error!(error = %e, batch = batch.len(), "inbox append failed");
-                let msg = e.to_string();
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(msg.clone()));
-                }
+            if let Some(w) = wake {
+                w.notify_one();
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch = batch.len(), "inbox append failed");
+            let msg = e.to_string();
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(msg.clone()));
             }
         }
     }

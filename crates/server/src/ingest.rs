@@ -143,7 +143,12 @@ async fn ingest_event(state: &AppState, bytes: &[u8]) -> Response {
     let member_id = e.auth.member_id.as_str();
     let is_install = name == event::ONAPPINSTALL;
     let check = match &e.auth.application_token {
-        Some(token) => state.store.check_app_token(member_id, token).await,
+        Some(token) => {
+            state
+                .store
+                .check_app_token(member_id, token, (state.now)())
+                .await
+        }
         None => Ok(TokenCheck::Mismatch),
     };
     let check = match check {

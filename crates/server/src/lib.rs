@@ -35,7 +35,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-pub use inbox_writer::{InboxWriter, OwnedInboxEvent};
+pub use inbox_writer::{InboxWriter, OwnedInboxEvent, WriterOptions};
 pub use ingest::{INSTALLER_POST, dedupe_key_online};
 pub use observe::Observe;
 pub use stats::{ACK_BUCKETS, HistogramSnapshot, IngestOutcome, IngestStats};

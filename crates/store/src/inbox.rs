@@ -5,7 +5,7 @@
 //! for the batch, see [`Store::append_inbox`]).
 
 use crate::jobs::{Enqueued, NewJob, insert_job};
-use crate::{Result, Store, StoreError, UnixMillis, with_pool, with_tx};
+use crate::{Db, Result, Store, StoreError, UnixMillis, with_pool, with_tx};
 
 /// One delivery to store.
 #[derive(Debug, Clone)]
@@ -65,43 +65,173 @@ fn secrets_ctx(dedupe_key: &str) -> String {
     format!("inbox.secrets:{dedupe_key}")
 }
 
+/// One row of a batch, ready to bind.
+struct Row<'a, 'e> {
+    e: &'a NewInboxEvent<'e>,
+    payload: String,
+    secrets: Option<Vec<u8>>,
+}
+
+/// The row counts of the multi-row SQLite `INSERT`s (each prepared once and
+/// cached by the connection). A batch takes the smallest shape that holds it
+/// and fills the rest with copies of its last row, which the statement's own
+/// `ON CONFLICT DO NOTHING` skips; at most a third of a statement is filler.
+/// The largest, 8 parameters a row plus `received_at`, binds 2,049 values,
+/// far below the bundled SQLite's limit of 32,766.
+pub const SQLITE_ROWS: [usize; 16] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
+
+type SqliteInsert<'q> = sqlx::query::QueryAs<
+    'q,
+    sqlx::Sqlite,
+    (i64, String),
+    <sqlx::Sqlite as sqlx::Database>::Arguments,
+>;
+
+/// One multi-row `INSERT` of `rows` (at most the largest shape), padded to
+/// its shape.
+fn sqlite_insert<'q>(rows: &'q [Row<'_, 'q>], now: UnixMillis) -> SqliteInsert<'q> {
+    let shape = SQLITE_ROWS
+        .iter()
+        .position(|&n| n >= rows.len())
+        .expect("a batch no larger than the largest shape");
+    let mut q =
+        sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sqlite_insert_sql(shape))).bind(now);
+    let last = rows.last().expect("a non-empty batch");
+    for i in 0..SQLITE_ROWS[shape] {
+        let r = rows.get(i).unwrap_or(last);
+        q = q
+            .bind(r.e.member_id)
+            .bind(r.e.dedupe_key)
+            .bind(r.e.event)
+            .bind(r.e.source)
+            .bind(r.e.verified)
+            .bind(r.e.ts)
+            .bind(r.payload.as_str())
+            .bind(r.secrets.as_deref());
+    }
+    q
+}
+
+/// The SQL of shape `shape` (an index into [`SQLITE_ROWS`]); built once.
+/// `$1` is `received_at`.
+fn sqlite_insert_sql(shape: usize) -> std::sync::Arc<str> {
+    static SQL: std::sync::OnceLock<Vec<std::sync::Arc<str>>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        SQLITE_ROWS
+            .iter()
+            .map(|&n| {
+                let mut sql = String::from(
+                    "INSERT INTO inbox (received_at, member_id, dedupe_key, event, source, \
+                     verified, ts, payload, secrets) VALUES ",
+                );
+                for r in 0..n {
+                    let b = 2 + r * 8;
+                    if r > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str("($1");
+                    for k in 0..8 {
+                        sql.push_str(&format!(", ${}", b + k));
+                    }
+                    sql.push(')');
+                }
+                sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key");
+                sql.into()
+            })
+            .collect()
+    });
+    all[shape].clone()
+}
+
 impl Store {
-    /// Appends a batch of deliveries in one transaction: all are durable when
-    /// this returns, and a duplicate `dedupe_key` is reported, not stored.
+    /// Appends a batch of deliveries atomically: all are durable when this
+    /// returns, and a duplicate `dedupe_key` is reported, not stored —
+    /// whether it is already in the inbox or repeats an earlier event of the
+    /// same batch (the first occurrence is the one stored).
+    ///
+    /// A batch is one statement, so it needs no explicit transaction and
+    /// costs one round trip to the database: on PostgreSQL an `INSERT …
+    /// SELECT FROM UNNEST` of arrays; on SQLite a multi-row `VALUES` list
+    /// (see [`SQLITE_ROWS`] for its shapes; a batch larger than the largest
+    /// shape is split over several statements in one `BEGIN IMMEDIATE`
+    /// transaction). Rows are inserted in the batch's order, so ids follow it.
     pub async fn append_inbox(
         &self,
         events: &[NewInboxEvent<'_>],
         now: UnixMillis,
     ) -> Result<Vec<Appended>> {
-        const SQL: &str = "INSERT INTO inbox (member_id, dedupe_key, event, source, verified, ts, \
-            received_at, payload, secrets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-            ON CONFLICT (dedupe_key) DO NOTHING RETURNING id";
-        let mut sealed = Vec::with_capacity(events.len());
-        for e in events {
-            sealed.push(match e.secrets {
+        let mut out = vec![Appended::Duplicate; events.len()];
+        if events.is_empty() {
+            return Ok(out);
+        }
+        // Only the first occurrence of a key goes to the database; a later
+        // one in the same batch is a duplicate without asking.
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        let firsts: Vec<usize> = (0..events.len())
+            .filter(|&i| seen.insert(events[i].dedupe_key))
+            .collect();
+        drop(seen);
+        let mut rows = Vec::with_capacity(firsts.len());
+        for &i in &firsts {
+            let e = &events[i];
+            let secrets = match e.secrets {
                 Some(s) => Some(self.keys.seal(&secrets_ctx(e.dedupe_key), s.as_bytes())?),
                 None => None,
+            };
+            rows.push(Row {
+                e,
+                payload: e.payload.to_string(),
+                secrets,
             });
         }
-        with_tx!(self, |tx| {
-            let mut out = Vec::with_capacity(events.len());
-            for (e, secrets) in events.iter().zip(&sealed) {
-                let id: Option<i64> = sqlx::query_scalar(SQL)
-                    .bind(e.member_id)
-                    .bind(e.dedupe_key)
-                    .bind(e.event)
-                    .bind(e.source)
-                    .bind(e.verified)
-                    .bind(e.ts)
-                    .bind(now)
-                    .bind(e.payload.to_string())
-                    .bind(secrets.as_deref())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                out.push(id.map_or(Appended::Duplicate, Appended::Inserted));
+        let inserted: Vec<(i64, String)> = match &self.db {
+            Db::Sqlite { write, .. } => {
+                let largest = *SQLITE_ROWS.last().expect("shapes");
+                if rows.len() <= largest {
+                    sqlite_insert(&rows, now).fetch_all(write).await?
+                } else {
+                    let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+                    let mut got = Vec::with_capacity(rows.len());
+                    for chunk in rows.chunks(largest) {
+                        got.extend(sqlite_insert(chunk, now).fetch_all(&mut *tx).await?);
+                    }
+                    tx.commit().await?;
+                    got
+                }
             }
-            Ok::<_, StoreError>(out)
-        })
+            Db::Postgres(pool) => {
+                const SQL: &str = "INSERT INTO inbox (member_id, dedupe_key, event, source, \
+                    verified, ts, received_at, payload, secrets) \
+                    SELECT m, k, e, s, v, t, $9, p, x FROM UNNEST($1::text[], $2::text[], \
+                    $3::text[], $4::text[], $5::bool[], $6::int8[], $7::text[], $8::bytea[]) \
+                    WITH ORDINALITY AS u(m, k, e, s, v, t, p, x, n) ORDER BY n \
+                    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key";
+                sqlx::query_as::<_, (i64, String)>(SQL)
+                    .bind(rows.iter().map(|r| r.e.member_id).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.e.dedupe_key).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.e.event).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.e.source).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.e.verified).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.e.ts).collect::<Vec<_>>())
+                    .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+                    .bind(
+                        rows.iter()
+                            .map(|r| r.secrets.as_deref())
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        let ids: std::collections::HashMap<String, i64> =
+            inserted.into_iter().map(|(id, k)| (k, id)).collect();
+        for i in firsts {
+            if let Some(&id) = ids.get(events[i].dedupe_key) {
+                out[i] = Appended::Inserted(id);
+            }
+        }
+        Ok(out)
     }
 
     /// The oldest pending deliveries, for the dispatcher.

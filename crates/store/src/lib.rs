@@ -118,6 +118,12 @@ pub struct OpenOptions {
     pub sqlite_readers: u32,
     /// How long SQLite waits on a lock held by another process.
     pub busy_timeout: Duration,
+    /// How long a portal's status and token hash may be answered from memory
+    /// by [`Store::check_app_token`] before the database is read again; zero
+    /// turns the cache off. Changes made through this handle (or its clones)
+    /// take effect at once; this bounds how long a change made by another
+    /// process goes unseen. See `portals::PortalCache`.
+    pub portal_cache_ttl: Duration,
 }
 
 impl Default for OpenOptions {
@@ -126,6 +132,7 @@ impl Default for OpenOptions {
             pg_max_connections: 10,
             sqlite_readers: 4,
             busy_timeout: Duration::from_secs(5),
+            portal_cache_ttl: portals::DEFAULT_PORTAL_CACHE_TTL,
         }
     }
 }
@@ -195,6 +202,8 @@ pub(crate) use with_tx;
 pub struct Store {
     pub(crate) db: Db,
     pub(crate) keys: Keyring,
+    /// Portal lookups of the hot path, shared by every clone of this handle.
+    pub(crate) portal_cache: std::sync::Arc<portals::PortalCache>,
     /// What it was opened with, for [`Store::reopen`].
     url: std::sync::Arc<(String, OpenOptions)>,
 }
@@ -264,12 +273,13 @@ impl Store {
         Ok(Store {
             db,
             keys,
+            portal_cache: std::sync::Arc::new(portals::PortalCache::new(opts.portal_cache_ttl)),
             url: std::sync::Arc::new((url.to_owned(), opts.clone())),
         })
     }
 
-    /// A handle on the same database with pools of its own, as another
-    /// process would open it.
+    /// A handle on the same database with pools (and a portal cache) of its
+    /// own, as another process would open it.
     pub async fn reopen(&self) -> Result<Store> {
         let (url, opts) = &*self.url;
         Store::open(url, self.keys.clone(), opts).await

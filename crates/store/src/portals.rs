@@ -157,6 +157,104 @@ pub enum TokenCheck {
     },
 }
 
+/// Default of [`crate::OpenOptions::portal_cache_ttl`]: two seconds. A
+/// change recorded by another instance on the same PostgreSQL (a reinstall
+/// with a new token, an uninstall, a purge) is seen by this one at most this
+/// late; changes made through this process are seen at once. Two seconds
+/// keeps that window shorter than a person can act on an uninstall, while a
+/// busy portal costs one lookup per two seconds instead of one per event (at
+/// 1,000 active portals, at most 500 SELECTs/s whatever the event rate).
+pub const DEFAULT_PORTAL_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Most portals the cache holds; past it, it starts over empty (a bound on
+/// memory, not an eviction policy: only portals that exist get an entry).
+const PORTAL_CACHE_MAX: usize = 100_000;
+
+/// What [`Store::check_app_token`] needs of a portal, as read at `fetched_at`.
+/// Holds the token's keyed hash, never the token.
+#[derive(Clone)]
+pub(crate) struct CachedPortal {
+    status: PortalStatus,
+    generation: i64,
+    hash: Vec<u8>,
+    fetched_at: UnixMillis,
+}
+
+/// The portal cache in front of [`Store::check_app_token`]: member id →
+/// status, generation and token hash, as last read from the database.
+///
+/// - An entry is answered only while younger than the TTL (by the caller's
+///   `now`; a clock that went backwards expires it). That bounds how long a
+///   change made by another process goes unseen.
+/// - Every change this store makes to a portal's status, generation or token
+///   drops its entry once committed ([`PortalCache::invalidate`]).
+/// - A lookup that read the database before such a change may finish after
+///   it: `invalidate` bumps an epoch and [`PortalCache::put`] stores only if
+///   the epoch is still the one seen before the read, so an old row is never
+///   put back.
+/// - Only a match is answered from memory. A token that differs from the
+///   cached hash, an unknown portal and a portal without a stored token
+///   always go to the database.
+pub(crate) struct PortalCache {
+    ttl_ms: i64,
+    epoch: std::sync::atomic::AtomicU64,
+    map: std::sync::RwLock<std::collections::HashMap<String, CachedPortal>>,
+}
+
+impl PortalCache {
+    pub(crate) fn new(ttl: std::time::Duration) -> PortalCache {
+        PortalCache {
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            map: std::sync::RwLock::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn get(&self, member_id: &str, now: UnixMillis) -> Option<CachedPortal> {
+        if self.ttl_ms == 0 {
+            return None;
+        }
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let c = map.get(member_id)?;
+        let age = now.checked_sub(c.fetched_at)?;
+        (0..self.ttl_ms).contains(&age).then(|| c.clone())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stores what a lookup read (`None`: nothing to answer from memory),
+    /// unless a portal changed since `seen_epoch`.
+    fn put(&self, member_id: &str, entry: Option<CachedPortal>, seen_epoch: u64) {
+        if self.ttl_ms == 0 {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if self.epoch() != seen_epoch {
+            return;
+        }
+        match entry {
+            None => {
+                map.remove(member_id);
+            }
+            Some(e) => {
+                if map.len() >= PORTAL_CACHE_MAX && !map.contains_key(member_id) {
+                    map.clear();
+                }
+                map.insert(member_id.to_owned(), e);
+            }
+        }
+    }
+
+    /// Drops a portal's entry after a change to it was committed.
+    pub(crate) fn invalidate(&self, member_id: &str) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        map.remove(member_id);
+    }
+}
+
 fn scopes_text(scopes: &[Scope]) -> String {
     scopes
         .iter()
@@ -237,7 +335,7 @@ impl Store {
             .application_token
             .map(|t| self.keys.token_hash(t.expose_secret()));
         let (access, refresh) = self.seal_tokens(member_id, v.tokens)?;
-        with_tx!(self, |tx| {
+        let out = with_tx!(self, |tx| {
             let current = current_status!(self, tx, member_id);
             if let Some((from, _)) = current
                 && from != PortalStatus::Installing
@@ -316,7 +414,11 @@ impl Store {
                 previous,
                 generation,
             })
-        })
+        });
+        // After the commit: a lookup that read the row before it cannot put
+        // the old row back (see `PortalCache::put`).
+        self.portal_cache.invalidate(member_id);
+        out
     }
 
     /// Moves a portal to `to` if the status machine allows it, with an audit
@@ -335,7 +437,7 @@ impl Store {
             installed_at = CASE WHEN $2 = 'installed' THEN $4 ELSE installed_at END, \
             uninstalled_at = CASE WHEN $2 = 'uninstalled' THEN $4 ELSE uninstalled_at END \
             WHERE member_id = $1";
-        with_tx!(self, |tx| {
+        let out = with_tx!(self, |tx| {
             let Some((from, _)) = current_status!(self, tx, member_id) else {
                 return Err(StoreError::PortalNotFound(member_id.to_owned()));
             };
@@ -368,35 +470,71 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             Ok::<_, StoreError>(Some(from))
-        })
+        });
+        // After the commit: a lookup that read the row before it cannot put
+        // the old row back (see `PortalCache::put`).
+        self.portal_cache.invalidate(member_id);
+        out
     }
 
     /// Checks a delivery's `application_token` against the stored keyed hash,
     /// in constant time.
+    ///
+    /// The portal's status, generation and token hash come from the portal
+    /// cache when it holds them younger than its TTL at `now` (see
+    /// [`PortalCache`]); a token that does not match the cached hash is
+    /// checked again against the database before it is refused, so a genuine
+    /// new token (a reinstall another instance recorded) is never turned away.
     pub async fn check_app_token(
         &self,
         member_id: &str,
         token: &ApplicationToken,
+        now: UnixMillis,
     ) -> Result<TokenCheck> {
         const SQL: &str =
             "SELECT status, generation, app_token_hash FROM portals WHERE member_id = $1";
+        let cache = &self.portal_cache;
+        if let Some(c) = cache.get(member_id, now)
+            && self.keys.token_matches(token.expose_secret(), &c.hash)
+        {
+            return Ok(TokenCheck::Match {
+                status: c.status,
+                generation: c.generation,
+            });
+        }
+        let epoch = cache.epoch();
         let row: Option<(String, i64, Option<Vec<u8>>)> =
             with_pool!(self, read, |p| sqlx::query_as(SQL)
                 .bind(member_id)
                 .fetch_optional(p)
                 .await)?;
         let Some((status, generation, hash)) = row else {
+            cache.put(member_id, None, epoch);
             return Ok(TokenCheck::UnknownPortal);
         };
         let status: PortalStatus = status.parse().map_err(|_| StoreError::Corrupt {
             table: "portals",
             column: "status",
         })?;
-        match hash {
-            Some(h) if self.keys.token_matches(token.expose_secret(), &h) => {
-                Ok(TokenCheck::Match { status, generation })
-            }
-            _ => Ok(TokenCheck::Mismatch),
+        let Some(hash) = hash else {
+            cache.put(member_id, None, epoch);
+            return Ok(TokenCheck::Mismatch);
+        };
+        let matches = self.keys.token_matches(token.expose_secret(), &hash);
+        cache.put(
+            member_id,
+            Some(CachedPortal {
+                status,
+                generation,
+                hash,
+                fetched_at: now,
+            }),
+            epoch,
+        );
+        if matches {
+            Ok(TokenCheck::Match { status, generation })
+        } else {
+            Ok(TokenCheck::Mismatch)
         }
     }
 
@@ -505,7 +643,7 @@ impl Store {
         const PORTAL: &str = "UPDATE portals SET status = 'uninstalled', status_reason = $2, \
             status_changed_at = $3, uninstalled_at = $3, purge_after = $4, updated_at = $3 \
             WHERE member_id = $1";
-        with_tx!(self, |tx| {
+        let out = with_tx!(self, |tx| {
             let Some((from, _)) = current_status!(self, tx, member_id) else {
                 return Err(StoreError::PortalNotFound(member_id.to_owned()));
             };
@@ -562,7 +700,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             Ok::<_, StoreError>(true)
-        })
+        });
+        // After the commit: a lookup that read the row before it cannot put
+        // the old row back (see `PortalCache::put`).
+        self.portal_cache.invalidate(member_id);
+        out
     }
 
     /// Deletes everything a portal left behind except its row (kept as a
@@ -581,7 +723,7 @@ impl Store {
         const PORTAL: &str = "UPDATE portals SET status = 'purged', status_changed_at = $2, \
             scopes = '', profile = '{}', app_token_hash = NULL, installed_version = NULL, \
             purge_after = NULL, updated_at = $2 WHERE member_id = $1";
-        with_tx!(self, |tx| {
+        let out = with_tx!(self, |tx| {
             let Some((from, _)) = current_status!(self, tx, member_id) else {
                 return Err(StoreError::PortalNotFound(member_id.to_owned()));
             };
@@ -619,7 +761,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             Ok::<_, StoreError>(true)
-        })
+        });
+        // After the commit: a lookup that read the row before it cannot put
+        // the old row back (see `PortalCache::put`).
+        self.portal_cache.invalidate(member_id);
+        out
     }
 
     /// Uninstalled portals whose retention ran out (`purge_after <= now`).

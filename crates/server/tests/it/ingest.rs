@@ -388,3 +388,96 @@ async fn ingest_never_calls_out() {
     );
     g.stop().await;
 }
+
+/// The portal cache never lets a rejected event through: after the token was
+/// accepted (and cached), a forged token, an uninstall and a reinstall with a
+/// new token are answered with the exact status and store nothing; a new
+/// token recorded by another process is accepted at once.
+#[tokio::test]
+async fn cached_portal_rejections_are_exact_and_store_nothing() {
+    let g = Gate::start(IngestConfig::default()).await;
+    g.install_portal(MEMBER, APP_TOKEN).await;
+    let post = |token: &str, id: &str| {
+        let body = event_body("ONCRMDEALADD", MEMBER, token, &g.trap_url, deal(id), true);
+        g.post("/b24/events", body)
+    };
+    let (s, v) = post(APP_TOKEN, "1").await;
+    assert_eq!(s, 200, "{v}");
+    let forged = "ffffffffffffffffffffffffffffffff";
+    let (s, v) = post(forged, "2").await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("bad_token")));
+    assert_eq!(g.inbox_count().await, 1);
+
+    g.store
+        .mark_uninstalled(MEMBER, false, None, (g.state.now)())
+        .await
+        .unwrap();
+    let (s, v) = post(APP_TOKEN, "3").await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("not_installed")));
+    assert_eq!(
+        g.inbox_count().await,
+        1,
+        "nothing stored after the uninstall"
+    );
+
+    let second = "22222222222222222222222222222222";
+    g.install_portal(MEMBER, second).await;
+    let (s, v) = post(APP_TOKEN, "4").await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("bad_token")));
+    assert_eq!(
+        g.inbox_count().await,
+        1,
+        "the replaced token stores nothing"
+    );
+    let (s, v) = post(second, "5").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(g.inbox_count().await, 2);
+
+    // Another process reinstalls with a third token: the gateway's cache
+    // still holds the second, yet the third is re-checked and accepted.
+    let other = g.store.reopen().await.unwrap();
+    let third = "33333333333333333333333333333333";
+    let m = wire::MemberId::parse(MEMBER).unwrap();
+    let d = wire::PortalDomain::parse("acme.bitrix24.com").unwrap();
+    let t = wire::ApplicationToken::parse(third).unwrap();
+    let tokens = store::TokenSet {
+        access: wire::AccessToken::parse(&"a".repeat(70)).unwrap(),
+        refresh: wire::RefreshToken::parse(&"b".repeat(70)).unwrap(),
+        expires_at: 0,
+        scope: "crm".into(),
+        user_id: Some(1),
+    };
+    let ep = format!("{}/rest/", g.trap_url);
+    other
+        .record_verified_install(
+            &store::VerifiedInstall {
+                member_id: &m,
+                domain: &d,
+                client_endpoint: &ep,
+                server_endpoint: &ep,
+                application_token: Some(&t),
+                flow: "event",
+                app_status: Some("L"),
+                language: Some("en"),
+                tokens: &tokens,
+            },
+            (g.state.now)(),
+        )
+        .await
+        .unwrap();
+    let (s, v) = post(third, "6").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = post(second, "7").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (401, Some("bad_token")),
+        "the re-check replaced the cached token"
+    );
+    assert_eq!(g.inbox_count().await, 3);
+    let st = &g.state.stats;
+    assert_eq!(st.total(IngestOutcome::BadToken), 3);
+    assert_eq!(st.total(IngestOutcome::NotInstalled), 1);
+    assert_eq!(st.total(IngestOutcome::Accepted), 3);
+    other.close().await;
+    g.stop().await;
+}

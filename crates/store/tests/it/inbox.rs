@@ -4,6 +4,7 @@ use crate::common::{T0, TestDb};
 
 crate::conformance!(
     inbox_batch_dedupes_and_seals_secrets,
+    batches_of_every_size_keep_order_and_dedupe,
     dispatch_enqueues_jobs_atomically_once
 );
 
@@ -121,4 +122,64 @@ async fn dispatch_enqueues_jobs_atomically_once(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(jobs.len(), 1);
+}
+
+/// Batch sizes around the statement shapes and above the largest one (several
+/// statements in one transaction), with repeats inside the batch, keys
+/// already stored, and a stored key as the last row (the one a statement is
+/// padded with).
+async fn batches_of_every_size_keep_order_and_dedupe(db: &TestDb) {
+    let s = &db.store;
+    let payload = serde_json::json!({"event": "ONCRMDEALADD"});
+    fn ev<'a>(key: &'a str, payload: &'a serde_json::Value) -> NewInboxEvent<'a> {
+        NewInboxEvent {
+            member_id: "m1",
+            dedupe_key: key,
+            event: "ONCRMDEALADD",
+            source: "online",
+            verified: true,
+            ts: None,
+            payload,
+            secrets: None,
+        }
+    }
+    let mut stored = 0i64;
+    for (round, size) in [1usize, 2, 5, 37, 64, 65, 256, 300, 600]
+        .into_iter()
+        .enumerate()
+    {
+        let stored_key = format!("r{round}:stored");
+        assert_eq!(
+            s.append_inbox(&[ev(&stored_key, &payload)], T0)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        stored += 1;
+        let mut keys: Vec<String> = (0..size).map(|i| format!("r{round}:k{i}")).collect();
+        // Repeats of earlier rows, a stored key, and a stored key last.
+        keys.insert(size / 2, keys[0].clone());
+        keys.insert(size / 3, stored_key.clone());
+        keys.push(stored_key.clone());
+        let events: Vec<_> = keys.iter().map(|k| ev(k, &payload)).collect();
+        let out = s.append_inbox(&events, T0).await.unwrap();
+        assert_eq!(out.len(), keys.len());
+        let mut first = std::collections::HashSet::new();
+        let mut last_id = 0;
+        for (k, o) in keys.iter().zip(&out) {
+            if *k == stored_key || !first.insert(k.clone()) {
+                assert_eq!(*o, Appended::Duplicate, "{k} (batch of {size})");
+            } else {
+                let Appended::Inserted(id) = *o else {
+                    panic!("{k} must be stored (batch of {size})");
+                };
+                assert!(id > last_id, "ids follow the batch's order");
+                last_id = id;
+            }
+        }
+        stored += size as i64;
+        assert_eq!(s.inbox_depth().await.unwrap(), stored, "batch of {size}");
+        assert!(s.find_inbox_id(&keys[size]).await.unwrap().is_some());
+    }
 }

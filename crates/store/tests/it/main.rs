@@ -9,6 +9,7 @@ mod credentials;
 mod inbox;
 mod jobs;
 mod migrations;
+mod portal_cache;
 mod portals;
 mod progress;
 mod rate;

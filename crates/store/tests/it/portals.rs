@@ -82,13 +82,13 @@ async fn reinstall_keeps_the_key_and_replaces_token(db: &TestDb) {
     assert_eq!(p.domain.as_str(), "renamed.bitrix24.com");
     assert_eq!(p.uninstalled_at, None);
     assert_eq!(
-        s.check_app_token(i.member_id.as_str(), &old_token)
+        s.check_app_token(i.member_id.as_str(), &old_token, T0)
             .await
             .unwrap(),
         TokenCheck::Mismatch
     );
     assert!(matches!(
-        s.check_app_token(i.member_id.as_str(), &i.app_token)
+        s.check_app_token(i.member_id.as_str(), &i.app_token, T0)
             .await
             .unwrap(),
         TokenCheck::Match { generation: 2, .. }
@@ -186,7 +186,7 @@ async fn application_token_check_distinguishes_outcomes(db: &TestDb) {
     let i = Install::new("acme");
     s.record_verified_install(&i.verified(), T0).await.unwrap();
     assert!(matches!(
-        s.check_app_token(i.member_id.as_str(), &i.app_token)
+        s.check_app_token(i.member_id.as_str(), &i.app_token, T0)
             .await
             .unwrap(),
         TokenCheck::Match {
@@ -195,14 +195,14 @@ async fn application_token_check_distinguishes_outcomes(db: &TestDb) {
         }
     ));
     assert_eq!(
-        s.check_app_token(i.member_id.as_str(), &app_token("forged"))
+        s.check_app_token(i.member_id.as_str(), &app_token("forged"), T0)
             .await
             .unwrap(),
         TokenCheck::Mismatch
     );
     let unknown = crate::common::member_id();
     assert_eq!(
-        s.check_app_token(unknown.as_str(), &i.app_token)
+        s.check_app_token(unknown.as_str(), &i.app_token, T0)
             .await
             .unwrap(),
         TokenCheck::UnknownPortal
@@ -285,7 +285,7 @@ async fn purge_removes_residue_but_keeps_audit(db: &TestDb) {
     assert_eq!(p.status, PortalStatus::Purged);
     assert!(p.scopes.is_empty());
     assert_eq!(
-        s.check_app_token(m, &i.app_token).await.unwrap(),
+        s.check_app_token(m, &i.app_token, T0).await.unwrap(),
         TokenCheck::Mismatch
     );
     let after = s
