@@ -8,7 +8,7 @@
 use wire::Scope;
 
 use crate::audit::{INSERT_AUDIT, NewAudit};
-use crate::{Result, Store, StoreError, UnixMillis, with_pool, with_tx};
+use crate::{Backend, Result, Store, StoreError, UnixMillis, with_pool, with_tx};
 
 /// A binding's identity and settings.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,37 +124,130 @@ pub struct BringUpRecord<'a> {
     pub audit: Option<NewAudit<'a>>,
 }
 
-const INSERT_BINDING: &str = "INSERT INTO bindings (member_id, kind, name, mode, handler, connector, \
-    auth_type, owner, options, expected, actual, state, reason, last_result, last_checked_at, \
-    updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)";
+/// Rows per multi-row binding `INSERT`: 13 parameters each plus the two
+/// shared ones stays far below SQLite's (32,766) and PostgreSQL's (65,535)
+/// parameter limits.
+const BINDING_ROWS_PER_INSERT: usize = 200;
 
-/// Replaces `$member_id`'s binding rows inside the transaction `$tx`.
+/// Appends `INSERT INTO bindings … VALUES (…), (…)` for `rows` rows to
+/// `sql`: `$1` is the member id and `$2` the time (`last_checked_at` and
+/// `updated_at`) of every row; row `i` takes `$(first + 13i)` to
+/// `$(first + 13i + 12)`.
+fn push_insert_bindings(sql: &mut String, first: usize, rows: usize) {
+    use std::fmt::Write as _;
+    sql.push_str(
+        "INSERT INTO bindings (member_id, kind, name, mode, handler, connector, auth_type, \
+         owner, options, expected, actual, state, reason, last_result, last_checked_at, \
+         updated_at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("($1");
+        for k in 0..13 {
+            let _ = write!(sql, ", ${}", first + 13 * i + k);
+        }
+        sql.push_str(", $2, $2)");
+    }
+}
+
+/// Binds one binding row's 13 values, in [`push_insert_bindings`]' order.
+macro_rules! bind_binding {
+    ($q:expr, $r:expr) => {{
+        let r: &BindingRecord = $r;
+        $q.bind(&r.key.kind)
+            .bind(&r.key.name)
+            .bind(&r.key.mode)
+            .bind(&r.key.handler)
+            .bind(&r.key.connector)
+            .bind(r.auth_type)
+            .bind(r.owner.as_deref())
+            .bind(r.options.to_string())
+            .bind(r.expected)
+            .bind(r.actual)
+            .bind(&r.state)
+            .bind(r.reason.as_deref())
+            .bind(r.last_result.as_deref())
+    }};
+}
+
+/// Replaces `$member_id`'s binding rows inside the transaction `$tx` and
+/// appends `$audit` (an `Option<(&NewAudit, detail text)>`) with them.
+///
+/// On SQLite the whole sequence — `DELETE`, the multi-row `INSERT`s, the
+/// audit `INSERT` — is one call: the driver runs a statement sequence on the
+/// connection's thread in one hand-off, and `$N` names the N-th argument of
+/// the whole sequence. PostgreSQL's extended protocol takes one statement
+/// per call, so there it is one call per statement (still one `INSERT` per
+/// [`BINDING_ROWS_PER_INSERT`] rows, not one per binding).
 macro_rules! write_bindings {
-    ($tx:ident, $member_id:expr, $records:expr, $now:expr) => {{
+    ($store:expr, $tx:ident, $member_id:expr, $records:expr, $now:expr, $audit:expr) => {{
         let member_id: &str = $member_id;
-        sqlx::query("DELETE FROM bindings WHERE member_id = $1")
-            .bind(member_id)
-            .execute(&mut *$tx)
-            .await?;
-        for r in $records {
-            sqlx::query(INSERT_BINDING)
+        let records: &[BindingRecord] = $records;
+        let now: UnixMillis = $now;
+        let audit: Option<(&NewAudit<'_>, &str)> = $audit;
+        if $store.backend() == Backend::Sqlite {
+            let mut sql = String::from("DELETE FROM bindings WHERE member_id = $1;\n");
+            let mut next = 3;
+            for chunk in records.chunks(BINDING_ROWS_PER_INSERT) {
+                push_insert_bindings(&mut sql, next, chunk.len());
+                sql.push_str(";\n");
+                next += 13 * chunk.len();
+            }
+            if audit.is_some() {
+                sql.push_str(&format!(
+                    "INSERT INTO audit_log (at, member_id, actor, action, outcome, detail) \
+                     VALUES ($2, ${}, ${}, ${}, ${}, ${});",
+                    next,
+                    next + 1,
+                    next + 2,
+                    next + 3,
+                    next + 4
+                ));
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(member_id)
-                .bind(&r.key.kind)
-                .bind(&r.key.name)
-                .bind(&r.key.mode)
-                .bind(&r.key.handler)
-                .bind(&r.key.connector)
-                .bind(r.auth_type)
-                .bind(r.owner.as_deref())
-                .bind(r.options.to_string())
-                .bind(r.expected)
-                .bind(r.actual)
-                .bind(&r.state)
-                .bind(r.reason.as_deref())
-                .bind(r.last_result.as_deref())
-                .bind($now)
+                .bind(now);
+            for r in records {
+                q = bind_binding!(q, r);
+            }
+            if let Some((a, detail)) = audit {
+                q = q
+                    .bind(a.member_id)
+                    .bind(a.actor)
+                    .bind(a.action)
+                    .bind(a.outcome)
+                    .bind(detail);
+            }
+            q.execute(&mut *$tx).await?;
+        } else {
+            sqlx::query("DELETE FROM bindings WHERE member_id = $1")
+                .bind(member_id)
                 .execute(&mut *$tx)
                 .await?;
+            for chunk in records.chunks(BINDING_ROWS_PER_INSERT) {
+                let mut sql = String::new();
+                push_insert_bindings(&mut sql, 3, chunk.len());
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(member_id)
+                    .bind(now);
+                for r in chunk {
+                    q = bind_binding!(q, r);
+                }
+                q.execute(&mut *$tx).await?;
+            }
+            if let Some((a, detail)) = audit {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(now)
+                    .bind(a.member_id)
+                    .bind(a.actor)
+                    .bind(a.action)
+                    .bind(a.outcome)
+                    .bind(detail)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
         }
     }};
 }
@@ -164,7 +257,10 @@ impl Store {
     /// version reached, audit entry — in one transaction, so a portal is
     /// never seen at the new version without its bindings (and it costs one
     /// commit, not four). Fails with [`StoreError::PortalNotFound`] (and
-    /// writes nothing) if the portal is gone.
+    /// writes nothing) if the portal is gone. On SQLite that is four calls
+    /// on the writer connection whatever the number of bindings: `BEGIN`,
+    /// the portal `UPDATE`, one statement sequence with the bindings and the
+    /// audit entry, `COMMIT`.
     pub async fn record_bring_up(&self, r: &BringUpRecord<'_>, now: UnixMillis) -> Result<()> {
         const PORTAL: &str = "UPDATE portals SET \
             scopes = CASE WHEN $2 THEN $3 ELSE scopes END, \
@@ -183,6 +279,7 @@ impl Store {
         });
         let profile = probed.map(|p| p.profile.to_string());
         let audit = r.audit.as_ref().map(|a| (a, a.detail.to_string()));
+        let audit = audit.as_ref().map(|(a, d)| (*a, d.as_str()));
         with_tx!(self, |tx| {
             let n = sqlx::query(PORTAL)
                 .bind(r.member_id)
@@ -199,18 +296,7 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::PortalNotFound(r.member_id.to_owned()));
             }
-            write_bindings!(tx, r.member_id, r.bindings, now);
-            if let Some((a, detail)) = &audit {
-                sqlx::query(INSERT_AUDIT)
-                    .bind(now)
-                    .bind(a.member_id)
-                    .bind(a.actor)
-                    .bind(a.action)
-                    .bind(a.outcome)
-                    .bind(detail.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            write_bindings!(self, tx, r.member_id, r.bindings, now, audit);
             Ok::<_, StoreError>(())
         })
     }
@@ -224,7 +310,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<()> {
         with_tx!(self, |tx| {
-            write_bindings!(tx, member_id, records, now);
+            write_bindings!(self, tx, member_id, records, now, None);
             Ok::<_, StoreError>(())
         })
     }

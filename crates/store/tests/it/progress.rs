@@ -12,6 +12,7 @@ crate::conformance!(
     parked_calls_keep_their_token_sealed,
     reinstall_repairs_residue_of_the_old_install,
     bring_up_record_is_written_whole_or_not_at_all,
+    many_bindings_are_written_in_one_piece,
     version_census_and_drift_list,
 );
 
@@ -67,6 +68,111 @@ async fn bindings_are_replaced_as_a_whole(db: &TestDb) {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].record.state, "bound");
     assert_eq!(s.binding_counts().await.unwrap(), [("bound".to_owned(), 1)]);
+}
+
+/// A binding picture larger than one multi-row `INSERT` holds, with every
+/// column varied per row, reads back row for row; a picture with a repeated
+/// identity fails and leaves the previous picture as it was.
+async fn many_bindings_are_written_in_one_piece(db: &TestDb) {
+    let s = &db.store;
+    let i = Install::new("acme");
+    let m = i.member_id.as_str();
+    s.record_verified_install(&i.verified(), T0).await.unwrap();
+    let records: Vec<BindingRecord> = (0..450)
+        .map(|n| BindingRecord {
+            key: BindingKey {
+                kind: if n % 3 == 0 { "placement" } else { "event" }.into(),
+                name: format!("ONCRMITEM{n:03}"),
+                mode: if n % 2 == 0 { "online" } else { "offline" }.into(),
+                handler: if n % 2 == 0 {
+                    format!("https://g/b24/events/{n}")
+                } else {
+                    String::new()
+                },
+                connector: if n % 5 == 0 {
+                    format!("c{n}")
+                } else {
+                    String::new()
+                },
+            },
+            auth_type: n as i64,
+            owner: (n % 4 != 0).then(|| format!("owner{n}")),
+            options: serde_json::json!({"n": n, "title": format!("t{n}")}),
+            expected: n % 2 == 0,
+            actual: n % 3 == 1,
+            state: ["bound", "missing", "stale", "foreign"][n % 4].into(),
+            reason: (n % 7 == 0).then(|| format!("reason {n}")),
+            last_result: (n % 6 != 0).then(|| "ok".to_owned()),
+        })
+        .collect();
+    s.record_bring_up(
+        &BringUpRecord {
+            member_id: m,
+            profile: None,
+            bindings: &records,
+            version: Some(3),
+            audit: Some(NewAudit {
+                member_id: Some(m),
+                actor: "engine",
+                action: "reconcile.completed",
+                outcome: "ok",
+                detail: serde_json::json!({"bound": 450}),
+            }),
+        },
+        T0 + 5,
+    )
+    .await
+    .unwrap();
+    let rows = s.binding_matrix(Some(m)).await.unwrap();
+    let mut want = records.clone();
+    want.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(rows.len(), want.len());
+    for (row, rec) in rows.iter().zip(&want) {
+        assert_eq!(row.member_id, m);
+        assert_eq!(&row.record, rec);
+        assert_eq!(row.last_checked_at, Some(T0 + 5));
+    }
+    assert_eq!(
+        s.get_portal(m).await.unwrap().unwrap().installed_version,
+        Some(3)
+    );
+    let audit = |s: &'static str| AuditFilter {
+        member_id: Some(m),
+        action_prefix: Some(s),
+        ..AuditFilter::default()
+    };
+    assert_eq!(s.list_audit(&audit("reconcile.")).await.unwrap().len(), 1);
+
+    // The same identity twice: nothing of this bring-up is written.
+    let twice = [records[1].clone(), records[1].clone()];
+    s.record_bring_up(
+        &BringUpRecord {
+            member_id: m,
+            profile: None,
+            bindings: &twice,
+            version: Some(4),
+            audit: Some(NewAudit {
+                member_id: Some(m),
+                actor: "engine",
+                action: "reconcile.completed",
+                outcome: "ok",
+                detail: serde_json::json!({}),
+            }),
+        },
+        T0 + 6,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(s.binding_matrix(Some(m)).await.unwrap().len(), 450);
+    assert_eq!(
+        s.get_portal(m).await.unwrap().unwrap().installed_version,
+        Some(3)
+    );
+    assert_eq!(s.list_audit(&audit("reconcile.")).await.unwrap().len(), 1);
+
+    // And an empty picture deletes every row.
+    s.replace_bindings(m, &[], T0 + 7).await.unwrap();
+    assert!(s.binding_matrix(Some(m)).await.unwrap().is_empty());
 }
 
 async fn migrations_resume_and_apply_once(db: &TestDb) {
