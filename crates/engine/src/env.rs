@@ -200,14 +200,23 @@ impl RateLimiter for StoreEnv {
         pause: Duration,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), EnvError>> {
-        Box::pin(async move {
-            let full = f64::from(bucket.burst) * bucket.interval_ms();
-            self.store
-                .penalise_rate(key, full + pause.as_millis() as f64, now_ms)
-                .await
-                .map_err(env_err)
-        })
+        Box::pin(penalise(&self.store, key, bucket, pause, now_ms))
     }
+}
+
+/// Marks the shared bucket full and paused for `pause` (both limiters).
+async fn penalise(
+    store: &Store,
+    key: &str,
+    bucket: Bucket,
+    pause: Duration,
+    now_ms: i64,
+) -> Result<(), EnvError> {
+    let full = f64::from(bucket.burst) * bucket.interval_ms();
+    store
+        .penalise_rate(key, full + pause.as_millis() as f64, now_ms)
+        .await
+        .map_err(env_err)
 }
 
 /// A reservation waiting for the next group commit, and who waits for it.
@@ -304,13 +313,7 @@ impl RateLimiter for GroupedLimiter {
         pause: Duration,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), EnvError>> {
-        Box::pin(async move {
-            let full = f64::from(bucket.burst) * bucket.interval_ms();
-            self.store
-                .penalise_rate(key, full + pause.as_millis() as f64, now_ms)
-                .await
-                .map_err(env_err)
-        })
+        Box::pin(penalise(&self.store, key, bucket, pause, now_ms))
     }
 }
 

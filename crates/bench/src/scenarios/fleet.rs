@@ -33,6 +33,7 @@ use store::{Keyring, OpenOptions, Store};
 
 use crate::loadgen::{MakeRequest, Target, run_alternating};
 use crate::report::{Check, Report, num};
+use crate::scenarios::ingest::Pg;
 use crate::{Ctx, sut};
 
 const MASTER_KEY: &str = "4242424242424242424242424242424242424242424242424242424242424242";
@@ -43,12 +44,6 @@ const TARGET_PORTALS_PER_SEC: f64 = 1_000.0;
 const TARGET_RSS_MB: f64 = 300.0;
 const OLD_EVENT: &str = "ONCRMDEALADD";
 const NEW_EVENT: &str = "ONCRMDEALUPDATE";
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).expect("os randomness");
-    hex::encode(b)
-}
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -104,57 +99,25 @@ fn gateway_binary(report: &mut Report) -> anyhow::Result<std::path::PathBuf> {
 /// Where the gateway keeps its data.
 enum Db {
     Sqlite(std::path::PathBuf),
-    Postgres { base: String, schema: String },
+    Postgres(Pg),
 }
 
 impl Db {
     fn url(&self) -> String {
         match self {
             Db::Sqlite(p) => format!("sqlite://{}", p.display()),
-            Db::Postgres { base, schema } => {
-                let sep = if base.contains('?') { '&' } else { '?' };
-                format!("{base}{sep}options=-c%20search_path%3D{schema}")
-            }
+            Db::Postgres(pg) => pg.url(),
         }
     }
 
     async fn postgres(base: &str) -> anyhow::Result<(Db, Value)> {
-        let schema = format!("fleet_{}", random_hex(6));
-        let admin = sqlx::PgPool::connect(base).await.map_err(|e| {
-            anyhow::anyhow!("PostgreSQL at {base} (B24GATE_TEST_PG_URL) is not reachable: {e}")
-        })?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await?;
-        let mut settings = serde_json::Map::new();
-        for s in [
-            "server_version",
-            "synchronous_commit",
-            "fsync",
-            "wal_sync_method",
-        ] {
-            let v: Result<String, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {s}")))
-                .fetch_one(&admin)
-                .await;
-            settings.insert(s.into(), v.map_or(Value::Null, Value::String));
-        }
-        admin.close().await;
-        Ok((
-            Db::Postgres {
-                base: base.to_string(),
-                schema,
-            },
-            Value::Object(settings),
-        ))
+        let (pg, settings) = Pg::create(base, "fleet").await?;
+        Ok((Db::Postgres(pg), settings))
     }
 
     async fn drop_schema(&self) -> anyhow::Result<()> {
-        if let Db::Postgres { base, schema } = self {
-            let admin = sqlx::PgPool::connect(base).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(&admin)
-                .await?;
-            admin.close().await;
+        if let Db::Postgres(pg) = self {
+            pg.drop_schema().await?;
         }
         Ok(())
     }

@@ -124,14 +124,18 @@ async fn add_portals(store: Store, portals: Arc<Vec<PortalKeys>>) -> anyhow::Res
     Ok(())
 }
 
-struct Pg {
+/// A PostgreSQL schema of a run's own at `base` (dropped at the end), and
+/// the server's durability settings for the report.
+pub(crate) struct Pg {
     base: String,
     schema: String,
 }
 
 impl Pg {
-    async fn create(base: &str) -> anyhow::Result<(Pg, String, Value)> {
-        let schema = format!("bench_{}", random_hex(6));
+    /// Creates `{prefix}_<random>`; returns it with the server's
+    /// `server_version`, `synchronous_commit`, `fsync` and `wal_sync_method`.
+    pub(crate) async fn create(base: &str, prefix: &str) -> anyhow::Result<(Pg, Value)> {
+        let schema = format!("{prefix}_{}", random_hex(6));
         let admin = sqlx::PgPool::connect(base).await.map_err(|e| {
             anyhow::anyhow!("PostgreSQL at {base} (B24GATE_TEST_PG_URL) is not reachable: {e}")
         })?;
@@ -151,19 +155,25 @@ impl Pg {
             settings.insert(s.into(), v.map_or(Value::Null, Value::String));
         }
         admin.close().await;
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
         Ok((
             Pg {
                 base: base.to_string(),
                 schema,
             },
-            url,
             Value::Object(settings),
         ))
     }
 
-    async fn drop_schema(self) -> anyhow::Result<()> {
+    /// The database URL with the schema as its search path.
+    pub(crate) fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{sep}options=-c%20search_path%3D{}",
+            self.base, self.schema
+        )
+    }
+
+    pub(crate) async fn drop_schema(&self) -> anyhow::Result<()> {
         let admin = sqlx::PgPool::connect(&self.base).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA {} CASCADE",
@@ -202,7 +212,8 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report, pg: bool) -> anyhow::Result
     let mut _dir = None;
     let mut pg_schema = None;
     let url = if pg {
-        let (p, url, settings) = Pg::create(&args.pg_url).await?;
+        let (p, settings) = Pg::create(&args.pg_url, "bench").await?;
+        let url = p.url();
         report.load("database", "postgresql (fresh schema, dropped after)");
         report.load("postgres_settings", settings);
         pg_schema = Some(p);
