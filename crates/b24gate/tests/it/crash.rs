@@ -120,10 +120,19 @@ async fn sigkill_during_bursts_and_drains(db: Db) {
         },
     )
     .await;
+    // Deliveries that met the dead process failed (the portal does not
+    // retry); every wave fired after the restart met a live one. So at
+    // least those were acknowledged — and then everything acknowledged
+    // must reach the app.
     let acked = acknowledged(&emu, &members, "ONCRMDEALADD");
+    let after_restart = (8 * members.len() - kill_at - 1) * 25;
+    eprintln!(
+        "crash suite: killed after wave {kill_at}; {} of 1,000 additions acknowledged",
+        acked.len()
+    );
     assert!(
-        acked.len() >= 500,
-        "most additions acknowledged ({})",
+        acked.len() >= after_restart,
+        "the {after_restart} additions fired after the restart were acknowledged ({})",
         acked.len()
     );
     let want = acked.clone();
