@@ -200,23 +200,14 @@ impl RateLimiter for StoreEnv {
         pause: Duration,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), EnvError>> {
-        Box::pin(penalise(&self.store, key, bucket, pause, now_ms))
+        Box::pin(async move {
+            let full = f64::from(bucket.burst) * bucket.interval_ms();
+            self.store
+                .penalise_rate(key, full + pause.as_millis() as f64, now_ms)
+                .await
+                .map_err(env_err)
+        })
     }
-}
-
-/// Marks the shared bucket full and paused for `pause` (both limiters).
-async fn penalise(
-    store: &Store,
-    key: &str,
-    bucket: Bucket,
-    pause: Duration,
-    now_ms: i64,
-) -> Result<(), EnvError> {
-    let full = f64::from(bucket.burst) * bucket.interval_ms();
-    store
-        .penalise_rate(key, full + pause.as_millis() as f64, now_ms)
-        .await
-        .map_err(env_err)
 }
 
 /// A reservation waiting for the next group commit, and who waits for it.
@@ -236,7 +227,9 @@ const MAX_RESERVATIONS: usize = 256;
 /// calls at once costs a commit per group instead of one per request. The
 /// buckets, their arithmetic and what other processes see are the same.
 pub struct GroupedLimiter {
-    store: Store,
+    /// One reservation at a time, when the committing task is gone; and
+    /// penalties, which are rare.
+    direct: StoreEnv,
     tx: tokio::sync::mpsc::UnboundedSender<Reservation>,
 }
 
@@ -247,7 +240,10 @@ impl GroupedLimiter {
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         rt.spawn(commit_reservations(store.clone(), rx));
-        Some(GroupedLimiter { store, tx })
+        Some(GroupedLimiter {
+            direct: StoreEnv { store },
+            tx,
+        })
     }
 }
 
@@ -297,10 +293,10 @@ impl RateLimiter for GroupedLimiter {
             let wait = match self.tx.send((key.to_owned(), bucket, now_ms, reply)) {
                 Ok(()) => match answer.await {
                     Ok(r) => r.map_err(EnvError::new)?,
-                    Err(_) => self.direct(key, bucket, now_ms).await?,
+                    Err(_) => return self.direct.reserve(key, bucket, now_ms).await,
                 },
                 // The task is gone (its runtime stopped): one by one.
-                Err(_) => self.direct(key, bucket, now_ms).await?,
+                Err(_) => return self.direct.reserve(key, bucket, now_ms).await,
             };
             Ok(Duration::from_millis(wait.max(0) as u64))
         })
@@ -313,15 +309,6 @@ impl RateLimiter for GroupedLimiter {
         pause: Duration,
         now_ms: i64,
     ) -> BoxFuture<'a, Result<(), EnvError>> {
-        Box::pin(penalise(&self.store, key, bucket, pause, now_ms))
-    }
-}
-
-impl GroupedLimiter {
-    async fn direct(&self, key: &str, bucket: Bucket, now_ms: i64) -> Result<i64, EnvError> {
-        self.store
-            .reserve_rate_slot(key, bucket.interval_ms(), bucket.burst, now_ms)
-            .await
-            .map_err(env_err)
+        self.direct.penalise(key, bucket, pause, now_ms)
     }
 }
