@@ -10,7 +10,7 @@ use std::time::Duration;
 use b24emu::{ChangeSpec, Emulator, EmulatorConfig};
 use rand::Rng;
 
-use crate::harness::{Receiver, acknowledged, drains_settled, seeded, wait_for};
+use crate::harness::{Receiver, acknowledged, deliveries_tried, drains_settled, seeded, wait_for};
 use crate::procs::{Db, Gate, Serve, create_app, free_port, install_fleet, open_store};
 
 pub(crate) fn change(action: &str, count: u64) -> ChangeSpec {
@@ -112,12 +112,7 @@ async fn sigkill_during_bursts_and_drains(db: Db) {
         &gate,
         "the emulator to finish delivering",
         Duration::from_secs(60),
-        || async {
-            let s = emu.stats();
-            let done =
-                s["deliveries_ok"].as_u64().unwrap() + s["deliveries_failed"].as_u64().unwrap();
-            done >= s["deliveries_queued"].as_u64().unwrap()
-        },
+        || async { deliveries_tried(&emu) },
     )
     .await;
     // Deliveries that met the dead process failed (the portal does not

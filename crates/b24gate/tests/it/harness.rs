@@ -453,6 +453,14 @@ pub fn seeded(test: &str) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
+/// Whether the emulator has tried every delivery it queued (it delivers
+/// asynchronously; a delivery that failed counts as tried).
+pub fn deliveries_tried(emu: &Emulator) -> bool {
+    let s = emu.stats();
+    let done = s["deliveries_ok"].as_u64().unwrap() + s["deliveries_failed"].as_u64().unwrap();
+    done >= s["deliveries_queued"].as_u64().unwrap()
+}
+
 /// Deal ids the gateway acknowledged (200) for `event`, per the emulator's
 /// delivery log, as `member:id`.
 pub fn acknowledged(emu: &Emulator, members: &[String], event: &str) -> BTreeSet<String> {

@@ -13,7 +13,7 @@ use rand::Rng;
 use b24emu::ChangeSpec;
 use store::PortalStatus;
 
-use crate::harness::{World, acknowledged, drains_settled, seeded};
+use crate::harness::{World, acknowledged, deliveries_tried, drains_settled, seeded};
 
 const MANIFEST: &str = r#"
 [[binding]]
@@ -93,12 +93,7 @@ async fn two_thousand_online_changes_reach_the_app_once_despite_failures_and_cra
     rw.until(
         "the emulator to finish delivering",
         Duration::from_secs(60),
-        || async move {
-            let s = rw.emu.stats();
-            let done =
-                s["deliveries_ok"].as_u64().unwrap() + s["deliveries_failed"].as_u64().unwrap();
-            done >= s["deliveries_queued"].as_u64().unwrap()
-        },
+        || async move { deliveries_tried(&rw.emu) },
     )
     .await;
     let acked = acknowledged(&w.emu, &members, "ONCRMDEALADD");

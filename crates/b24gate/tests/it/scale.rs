@@ -16,7 +16,7 @@ use b24emu::{Emulator, EmulatorConfig};
 use rand::Rng;
 
 use crate::crash::{at_app, change, one_webhook_id_each};
-use crate::harness::{Receiver, acknowledged, drains_settled, seeded, wait_for};
+use crate::harness::{Receiver, acknowledged, deliveries_tried, drains_settled, seeded, wait_for};
 use crate::procs::{Db, Serve, create_app, free_port, install_fleet, open_store};
 
 /// Round-robin over the instances that are up; a refused connection moves
@@ -148,12 +148,7 @@ async fn three_instances_on_postgres_share_100_portals_through_a_crash() {
         "the emulator to finish delivering",
         Duration::from_secs(120),
         String::new,
-        || async {
-            let s = emu.stats();
-            let done =
-                s["deliveries_ok"].as_u64().unwrap() + s["deliveries_failed"].as_u64().unwrap();
-            done >= s["deliveries_queued"].as_u64().unwrap()
-        },
+        || async { deliveries_tried(&emu) },
     )
     .await;
     phase("emulator delivered");
