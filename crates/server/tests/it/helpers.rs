@@ -10,6 +10,45 @@ use wire::{AccessToken, ApplicationToken, FormMap, MemberId, PortalDomain, Refre
 pub const MEMBER: &str = "d897063e1ce7c5eb9f04b9751eef5915";
 pub const APP_TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
 
+/// Records a verified install of `member` with `app_token` through `store`,
+/// its endpoints at `trap_url`.
+pub async fn record_install(
+    store: &Store,
+    member: &str,
+    app_token: &str,
+    trap_url: &str,
+    now: i64,
+) {
+    let m = MemberId::parse(member).unwrap();
+    let d = PortalDomain::parse("acme.bitrix24.com").unwrap();
+    let t = ApplicationToken::parse(app_token).unwrap();
+    let tokens = TokenSet {
+        access: AccessToken::parse(&"a".repeat(70)).unwrap(),
+        refresh: RefreshToken::parse(&"b".repeat(70)).unwrap(),
+        expires_at: 0,
+        scope: "crm".into(),
+        user_id: Some(1),
+    };
+    let ep = format!("{trap_url}/rest/");
+    store
+        .record_verified_install(
+            &VerifiedInstall {
+                member_id: &m,
+                domain: &d,
+                client_endpoint: &ep,
+                server_endpoint: &ep,
+                application_token: Some(&t),
+                flow: "event",
+                app_status: Some("L"),
+                language: Some("en"),
+                tokens: &tokens,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+}
+
 /// A gateway on 127.0.0.1:0 over a fresh SQLite file, plus a "trap"
 /// listener standing in for every outbound address: any connection to it
 /// means the ingest path called out.
@@ -73,34 +112,7 @@ impl Gate {
 
     /// A verified, installed portal whose endpoints point at the trap.
     pub async fn install_portal(&self, member: &str, app_token: &str) {
-        let m = MemberId::parse(member).unwrap();
-        let d = PortalDomain::parse("acme.bitrix24.com").unwrap();
-        let t = ApplicationToken::parse(app_token).unwrap();
-        let tokens = TokenSet {
-            access: AccessToken::parse(&"a".repeat(70)).unwrap(),
-            refresh: RefreshToken::parse(&"b".repeat(70)).unwrap(),
-            expires_at: 0,
-            scope: "crm".into(),
-            user_id: Some(1),
-        };
-        let ep = format!("{}/rest/", self.trap_url);
-        self.store
-            .record_verified_install(
-                &VerifiedInstall {
-                    member_id: &m,
-                    domain: &d,
-                    client_endpoint: &ep,
-                    server_endpoint: &ep,
-                    application_token: Some(&t),
-                    flow: "event",
-                    app_status: Some("L"),
-                    language: Some("en"),
-                    tokens: &tokens,
-                },
-                0,
-            )
-            .await
-            .unwrap();
+        record_install(&self.store, member, app_token, &self.trap_url, 0).await;
         self.store
             .set_status(member, store::PortalStatus::Installed, None, "test", 0)
             .await

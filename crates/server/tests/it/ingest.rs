@@ -4,7 +4,7 @@ use serde_json::json;
 use server::{IngestConfig, IngestOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{APP_TOKEN, Gate, MEMBER, event_body};
+use crate::helpers::{APP_TOKEN, Gate, MEMBER, event_body, record_install};
 
 fn deal(id: &str) -> serde_json::Value {
     json!({"FIELDS": {"ID": id}})
@@ -437,34 +437,7 @@ async fn cached_portal_rejections_are_exact_and_store_nothing() {
     // still holds the second, yet the third is re-checked and accepted.
     let other = g.store.reopen().await.unwrap();
     let third = "33333333333333333333333333333333";
-    let m = wire::MemberId::parse(MEMBER).unwrap();
-    let d = wire::PortalDomain::parse("acme.bitrix24.com").unwrap();
-    let t = wire::ApplicationToken::parse(third).unwrap();
-    let tokens = store::TokenSet {
-        access: wire::AccessToken::parse(&"a".repeat(70)).unwrap(),
-        refresh: wire::RefreshToken::parse(&"b".repeat(70)).unwrap(),
-        expires_at: 0,
-        scope: "crm".into(),
-        user_id: Some(1),
-    };
-    let ep = format!("{}/rest/", g.trap_url);
-    other
-        .record_verified_install(
-            &store::VerifiedInstall {
-                member_id: &m,
-                domain: &d,
-                client_endpoint: &ep,
-                server_endpoint: &ep,
-                application_token: Some(&t),
-                flow: "event",
-                app_status: Some("L"),
-                language: Some("en"),
-                tokens: &tokens,
-            },
-            (g.state.now)(),
-        )
-        .await
-        .unwrap();
+    record_install(&other, MEMBER, third, &g.trap_url, (g.state.now)()).await;
     let (s, v) = post(third, "6").await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = post(second, "7").await;
