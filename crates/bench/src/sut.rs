@@ -10,6 +10,25 @@ use axum::http::StatusCode;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
+/// An emulator measured for speed: seeded, rate and operating limits off,
+/// delivery bodies not kept and a delivery log of `log_capacity` entries.
+pub fn fast_emulator(log_capacity: usize) -> b24emu::EmulatorConfig {
+    b24emu::EmulatorConfig {
+        seed: Some(1),
+        limits: b24emu::config::LimitDefaults {
+            rate_limit: false,
+            operating_limit: false,
+            ..Default::default()
+        },
+        delivery: b24emu::config::DeliveryConfig {
+            keep_bodies: false,
+            log_capacity,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 pub fn runtime(name: &str, threads: usize) -> anyhow::Result<Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))

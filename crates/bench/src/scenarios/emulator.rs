@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use b24emu::config::{DeliveryConfig, LimitDefaults};
-use b24emu::{AppSpec, ChangeSpec, Emulator, EmulatorConfig, InstallSpec, PortalSpec};
+use b24emu::{AppSpec, ChangeSpec, Emulator, InstallSpec, PortalSpec};
 use serde_json::{Value, json};
 
 use crate::loadgen::{Target, run_alternating};
@@ -26,24 +25,11 @@ pub async fn run(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
     let args = ctx.args;
     let plan = args.plan();
     plan.describe(&mut report.load);
-    let cfg = EmulatorConfig {
-        seed: Some(1),
-        limits: LimitDefaults {
-            rate_limit: false,
-            operating_limit: false,
-            ..Default::default()
-        },
-        delivery: DeliveryConfig {
-            keep_bodies: false,
-            log_capacity: 100,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = sut::fast_emulator(100);
     report.load("emulator_limits", "rate_limit=false, operating_limit=false");
     report.load(
         "emulator_delivery",
-        json!({"concurrency": cfg.delivery.concurrency, "keep_bodies": false, "log_capacity": 100}),
+        json!({"concurrency": cfg.delivery.concurrency, "keep_bodies": false, "log_capacity": cfg.delivery.log_capacity}),
     );
     let emu = sut::on(&ctx.sut, Emulator::start(cfg)).await??;
     let app = emu.create_app(AppSpec {

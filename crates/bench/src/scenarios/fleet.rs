@@ -26,8 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use b24emu::config::{DeliveryConfig, LimitDefaults};
-use b24emu::{AppKind, AppSpec, Emulator, EmulatorConfig, InstallSpec, PortalSpec};
+use b24emu::{AppKind, AppSpec, Emulator, InstallSpec, PortalSpec};
 use serde_json::{Value, json};
 use store::{Keyring, OpenOptions, Store};
 
@@ -395,20 +394,7 @@ async fn measure(
     report.load("gateway_workers", workers);
     let bin = gateway_binary(report)?;
 
-    let cfg = EmulatorConfig {
-        seed: Some(1),
-        limits: LimitDefaults {
-            rate_limit: false,
-            operating_limit: false,
-            ..Default::default()
-        },
-        delivery: DeliveryConfig {
-            keep_bodies: false,
-            log_capacity: 10,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = sut::fast_emulator(10);
     report.load(
         "emulator",
         json!({"in_process": "SUT runtime", "rate_limit": false, "operating_limit": false}),
